@@ -13,7 +13,7 @@ arch=$(dpkg --print-architecture)
 # The one list of Debian packages vnfkit uses (Python packages are pinned in requirements.txt).
 packages=(
     clang llvm libbpf-dev libxdp-dev libelf-dev zlib1g-dev pkg-config gcc make
-    bpftool iproute2 ethtool tshark nftables iptables iperf3
+    bpftool iproute2 iputils-ping ethtool tshark nftables iptables iperf3
     python3 python3-venv python3-dev python3-bpfcc
     "linux-headers-$arch"
 )

@@ -123,12 +123,16 @@ struct bpf_test_run_opts {
     ...;
 };
 int bpf_prog_test_run_opts(int prog_fd, struct bpf_test_run_opts *opts);
-struct xdp_md { __u32 data; __u32 data_end; __u32 data_meta; __u32 ingress_ifindex; __u32 rx_queue_index; __u32 egress_ifindex; };
+struct xdp_md {
+    __u32 data; __u32 data_end; __u32 data_meta; __u32 ingress_ifindex; __u32 rx_queue_index; __u32 egress_ifindex;
+};
 
 int bpf_enable_stats(int type);
 
 /* ---- XDP and TC (clsact) through netlink, used for queries and the clsact fallback ---- */
-struct bpf_xdp_query_opts { size_t sz; __u32 prog_id; __u32 drv_prog_id; __u32 hw_prog_id; __u32 skb_prog_id; __u8 attach_mode; ...; };
+struct bpf_xdp_query_opts {
+    size_t sz; __u32 prog_id; __u32 drv_prog_id; __u32 hw_prog_id; __u32 skb_prog_id; __u8 attach_mode; ...;
+};
 int bpf_xdp_query(int ifindex, int flags, struct bpf_xdp_query_opts *opts);
 
 enum bpf_tc_attach_point { BPF_TC_INGRESS = 1, BPF_TC_EGRESS = 2, BPF_TC_CUSTOM = 4 };

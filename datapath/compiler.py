@@ -21,7 +21,9 @@ from datapath.errors import CompileError, Diagnostic, EnvironmentProblem
 
 INCLUDE_DIR = Path(__file__).parent / "include"
 PROGS_DIR = Path(__file__).parent / "progs"
-_DIAG = re.compile(r"^(?P<file>[^:\n]+):(?P<line>\d+):(?P<col>\d+): (?P<sev>fatal error|error|warning|note): (?P<msg>.*)$")
+_DIAG = re.compile(
+    r"^(?P<file>[^:\n]+):(?P<line>\d+):(?P<col>\d+): (?P<sev>fatal error|error|warning|note): (?P<msg>.*)$"
+)
 
 
 def cache_dir() -> Path:

@@ -119,7 +119,8 @@ class Program:
         if self.type != ProgType.XDP:
             raise BpfError(f"live frames need an XDP program; '{self.name}' is type {self.type}", 22)
         data = bytes(frame)
-        ctx = ffi.new("struct xdp_md *", {"ingress_ifindex": ingress_ifindex})
+        # The kernel insists that the context describes the frame exactly (data_end == size).
+        ctx = ffi.new("struct xdp_md *", {"ingress_ifindex": ingress_ifindex, "data_end": len(data)})
         opts = ffi.new("struct bpf_test_run_opts *")
         opts.sz = ffi.sizeof("struct bpf_test_run_opts")
         opts.data_in = ffi.from_buffer(data)
