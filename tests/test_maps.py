@@ -68,7 +68,7 @@ def test_array_and_mmapable_array_as_numpy(obj) -> None:  # noqa: ANN001
     assert shared[5] == 7  # written through memory, read back by syscall
     shared[6] = 9
     assert view[6] == 9
-    with pytest.raises(MapError, match="array map"):
+    with pytest.raises(MapError, match="not an array"):
         obj.map("flows").as_array()
 
 
@@ -111,7 +111,7 @@ def test_lru_hash_evicts_instead_of_failing(obj) -> None:  # noqa: ANN001
 
 
 def test_wrong_key_size_is_refused_and_names_the_map(obj) -> None:  # noqa: ANN001
-    with pytest.raises(MapError, match=r"map 'slots': key is 2 bytes, the map's key is 4 bytes"):
+    with pytest.raises(MapError, match=r"table 'slots': key is 2 bytes, the table's key is 4 bytes"):
         obj.map("slots").lookup(b"\x00\x01")
     with pytest.raises(MapError, match="slots"):
         obj.map("slots").update(1, "not a number")
