@@ -1,0 +1,30 @@
+"""``python -m perf <benchmark> [options]``: the project's benchmarks.
+
+Benchmarks so far: ``engine`` (per-packet cost by test-run, rate at the far end of a veth).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from perf import engine
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line and run one benchmark; returns the exit code."""
+    parser = argparse.ArgumentParser(prog="python -m perf", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+    engine.add_arguments(sub.add_parser("engine", help="eBPF engine: ns/packet and Mpps against floor and peers",
+                                        description=engine.__doc__.splitlines()[0]))
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        # Namespaces, XDP links and nft state are gone by now: the with-blocks unwound.
+        print("interrupted; everything the benchmark set up has been removed", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
