@@ -32,7 +32,10 @@ setup(
     description="Virtual network functions with eBPF/XDP and cffi fast paths, chained with NSH",
     python_requires=">=3.11",
     packages=find_packages(include=["vnfkit*", "datapath*", "chaining*", "agents*", "perf*"]),
-    package_data={"datapath": ["include/*.h", "progs/*.c"]},
+    package_data={
+        "datapath": ["include/*.h", "include/vnfkit/*.h", "progs/*.c", "native/*.c"],
+        "vnfkit": ["schema/*.json", "skeleton/*", "skeleton/tests/*"],
+    },
     setup_requires=["cffi"],
     cffi_modules=["datapath/_libbpf_build.py:ffibuilder"],
     install_requires=runtime_requirements(),

@@ -98,6 +98,7 @@ int bpf_map_get_fd_by_id(__u32 id);
 struct bpf_prog_info {
     __u32 type; __u32 id; __u8 tag[8]; __u32 nr_map_ids; __u64 map_ids; char name[16];
     __u32 ifindex; __u32 btf_id; __u64 run_time_ns; __u64 run_cnt; __u64 load_time;
+    __u32 xlated_prog_len; __u32 jited_prog_len; __u32 verified_insns;
     ...;
 };
 struct bpf_map_info {
@@ -149,7 +150,10 @@ struct btf_type { __u32 name_off; __u32 info; __u32 size; ...; };
 struct btf_member { __u32 name_off; __u32 type; __u32 offset; };
 struct btf_array { __u32 type; __u32 index_type; __u32 nelems; };
 struct btf_enum { __u32 name_off; __s32 val; };
+struct btf_ext;
 struct btf *btf__load_from_kernel_by_id(__u32 id);
+struct btf *btf__parse(const char *path, struct btf_ext **btf_ext);
+__s32 btf__find_by_name_kind(const struct btf *btf, const char *type_name, __u32 kind);
 void btf__free(struct btf *btf);
 __u32 btf__type_cnt(const struct btf *btf);
 const struct btf_type *btf__type_by_id(const struct btf *btf, __u32 id);

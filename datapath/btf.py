@@ -21,14 +21,38 @@ INT_SIGNED = 1
 
 
 class Btf:
-    """A kernel BTF object (by id), freed when garbage collected."""
+    """BTF type information: from the kernel (by id) or from an object file."""
 
-    def __init__(self, btf_id: int) -> None:
+    def __init__(self, ptr, *, owned: bool, keepalive: object = None) -> None:  # noqa: ANN001 - cffi
+        self._btf = ffi.gc(ptr, lib.btf__free) if owned else ptr
+        self._keepalive = keepalive  # the bpf_object that owns a borrowed pointer
+        self._cache: dict[int, np.dtype] = {}
+
+    @classmethod
+    def from_kernel(cls, btf_id: int) -> Btf:
         ptr = lib.btf__load_from_kernel_by_id(btf_id)
         if ptr == ffi.NULL:
             raise OSError(ffi.errno, f"loading BTF id {btf_id} from the kernel failed")
-        self._btf = ffi.gc(ptr, lib.btf__free)
-        self._cache: dict[int, np.dtype] = {}
+        return cls(ptr, owned=True)
+
+    @classmethod
+    def from_file(cls, path: str) -> Btf:
+        """The BTF in an ELF object file (what clang -g put there)."""
+        ptr = lib.btf__parse(path.encode(), ffi.NULL)
+        if ptr == ffi.NULL:
+            raise OSError(ffi.errno, f"{path} has no readable BTF")
+        return cls(ptr, owned=True)
+
+    def find(self, name: str, kind: int) -> int | None:
+        """Type id of the type called ``name`` of ``kind`` (KIND_STRUCT, KIND_ENUM, ...)."""
+        tid = lib.btf__find_by_name_kind(self._btf, name.encode(), kind)
+        return tid if tid > 0 else None
+
+    def enum_members(self, type_id: int) -> dict[str, int]:
+        t = self._type(type_id)
+        members = ffi.cast("struct btf_enum *", t + 1)
+        return {ffi.string(lib.btf__name_by_offset(self._btf, members[i].name_off)).decode(): members[i].val
+                for i in range(t.info & 0xFFFF)}
 
     def _type(self, type_id: int):  # noqa: ANN202 - cffi pointer
         return lib.btf__type_by_id(self._btf, type_id)
@@ -98,7 +122,7 @@ class Btf:
 
 @functools.lru_cache(maxsize=64)
 def kernel_btf(btf_id: int) -> Btf:
-    return Btf(btf_id)
+    return Btf.from_kernel(btf_id)
 
 
 def map_dtypes(btf_id: int, key_type_id: int, value_type_id: int, key_size: int, value_size: int):

@@ -78,6 +78,11 @@ class Program:
         info = self._info()
         return ProgStats(run_cnt=info.run_cnt, run_time_ns=info.run_time_ns)
 
+    def sizes(self) -> tuple[int, int]:
+        """(instructions after verification, instructions the verifier processed)."""
+        info = self._info()
+        return info.xlated_prog_len // 8, info.verified_insns
+
     def close(self) -> None:
         if self._owns_fd and self.fd >= 0:
             os.close(self.fd)

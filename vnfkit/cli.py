@@ -157,6 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_detach)
     sub.add_parser("cleanup", help="remove namespaces and interfaces left by killed runs").set_defaults(
         func=cmd_cleanup)
+
+    from vnfkit import cli_sdk, cli_vnf
+
+    cli_vnf.register(sub)
+    cli_sdk.register(sub)
     return p
 
 

@@ -1,0 +1,1 @@
+"""Placeholder scaling FSM for descriptor tests."""

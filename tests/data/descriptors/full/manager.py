@@ -1,0 +1,1 @@
+"""Placeholder function-specific manager for descriptor tests."""

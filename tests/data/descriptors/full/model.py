@@ -1,0 +1,1 @@
+"""Placeholder reference model for descriptor tests."""

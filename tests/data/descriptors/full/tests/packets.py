@@ -1,0 +1,3 @@
+"""Placeholder packet tests shipped inside packages (not collected by pytest: no test_ prefix)."""
+
+TESTS: list[object] = []

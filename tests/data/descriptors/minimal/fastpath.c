@@ -1,0 +1,2 @@
+/* Placeholder: descriptor tests fake the introspection of the compiled object. */
+#include <vnfkit.h>
