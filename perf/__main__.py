@@ -1,6 +1,7 @@
 """``python -m perf <benchmark> [options]``: the project's benchmarks.
 
-Benchmarks so far: ``engine`` (per-packet cost by test-run, rate at the far end of a veth).
+Benchmarks so far: ``engine`` (per-packet cost by test-run, rate at the far end of a veth) and
+``sdk`` (one VNF source on its kernel, native and model executors, ns/packet side by side).
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from perf import engine
+from perf import engine, sdk
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -17,6 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
     engine.add_arguments(sub.add_parser("engine", help="eBPF engine: ns/packet and Mpps against floor and peers",
                                         description=engine.__doc__.splitlines()[0]))
+    sdk.add_arguments(sub.add_parser("sdk", help="VNF SDK: ns/packet of one VNF in the kernel, native and in Python",
+                                     description=sdk.__doc__.splitlines()[0]))
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -81,6 +81,10 @@ class Executor:
         if rec is not None:
             self.tables["vk_config"][0] = rec
 
+    def set_clock(self, now_ns: int) -> None:
+        """Fix what vk_now() returns (0: the real clock again)."""
+        self.tables["vk_clock"][0] = now_ns
+
     def set_port(self, port: str, ifindex: int) -> None:
         if port not in self.intro.ports:
             raise ExecutorError(f"no port '{port}' (ports: {', '.join(self.intro.ports) or 'none'})")
@@ -197,6 +201,7 @@ class ModelExecutor(Executor):
                                            flags=info.flags)
         self.ctx = ModelContext(self.vnf_tables(), None, intro.counter_ids,
                                 {p: i for i, p in enumerate(intro.ports)}, MAX_COUNTERS)
+        self.ctx.clock = self.tables["vk_clock"]
 
     def configure(self, values: dict[str, Any]) -> None:
         super().configure(values)

@@ -10,6 +10,7 @@ the RFC 1624 helpers, and the tables are ``Table``s with the kernel's semantics.
 from __future__ import annotations
 
 import struct
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -190,6 +191,12 @@ class ModelContext:
         self.counter_ids = counter_ids
         self.ports = ports
         self.counters = np.zeros((max_counters, 2), dtype=np.uint64)  # packets, bytes
+        self.clock: Table | None = None  # vk_clock, set by the model executor
+
+    def now(self) -> int:
+        """As ``vk_now()``: the test clock (``vk_clock``) when set, else monotonic ns."""
+        clock = self.clock.lookup(0) if self.clock is not None else 0
+        return int(clock) if clock else time.monotonic_ns()
 
     def count(self, name: str, nbytes: int) -> None:
         """As ``vk_count``: one packet of ``nbytes`` in counter ``name``."""

@@ -44,6 +44,10 @@ class PacketTest:
     tables: dict[str, dict[Any, Any]] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
+    now: int = 1_000_000_000  # what vk_now() returns while the packet runs (ns)
+
+
+CLOCK_STEP = 1_000_000  # the fuzzer's clock advances 1 ms per packet
 
 
 @dataclass
@@ -122,6 +126,8 @@ def run_tests(executors: list[Executor], tests: list[PacketTest], desc: Descript
     for t in tests:
         pkt = bytes(t.packet)
         prepare(executors, desc, t.config, t.tables, f"test '{t.name}'")
+        for ex in executors:
+            ex.set_clock(t.now)
         results = run_one(executors, pkt)
         report.ran += 1
         if not _same(results):
@@ -281,6 +287,8 @@ def fuzz(executors: list[Executor], n: int, seed: int, desc: Descriptor, setup: 
     prepare(executors, desc, setup.get("config", {}), setup.get("tables", {}), "FUZZ setup")
     report = Report()
     for i, pkt in enumerate(fuzz_packets(n, seed)):
+        for ex in executors:
+            ex.set_clock(setup.get("start_ns", 1_000_000_000) + i * setup.get("step_ns", CLOCK_STEP))
         results = run_one(executors, pkt)
         report.ran += 1
         if not _same(results):

@@ -74,6 +74,26 @@ struct vk_state {
 };
 VK_PERCPU_ARRAY(vk_state, struct vk_state, 1);
 
+/* ---- time: vk_now() is monotonic nanoseconds. When vk_clock[0] is non-zero it is the time
+ * instead: the test harness sets it so the kernel, native and model executors see the
+ * same clock, packet for packet. ---- */
+VK_ARRAY(vk_clock, __u64, 1);
+
+VK_INLINE __u64 vk_now(void)
+{
+    __u32 zero = 0;
+    __u64 *t = vk_lookup(vk_clock, &zero);
+    if (t && *t)
+        return *t;
+#ifdef VK_KERNEL
+    return bpf_ktime_get_ns();
+#else
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (__u64)ts.tv_sec * 1000000000ull + (__u64)ts.tv_nsec;
+#endif
+}
+
 VK_INLINE void vk_count_n(enum vnf_counter ctr, __u64 bytes)
 {
     __u32 key = ctr;

@@ -19,6 +19,7 @@
 #include <stddef.h>
 #include <string.h>
 #include <errno.h>
+#include <time.h>
 #include <linux/types.h>
 #include <bpf/bpf_endian.h> /* plain byte-order macros; usable outside BPF */
 #ifndef __always_inline
