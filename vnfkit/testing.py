@@ -272,21 +272,26 @@ def _mutate(rng: random.Random, pkt: bytes) -> bytes:
     return bytes(data)
 
 
-def fuzz_packets(n: int, seed: int) -> Iterator[bytes]:
-    """``n`` packets: about a third as generated, the rest mutated."""
+def fuzz_packets(n: int, seed: int, templates: list[bytes] | None = None) -> Iterator[bytes]:
+    """``n`` packets: about a third as generated, the rest mutated. With ``templates`` (a
+    VNF's own packet shapes, e.g. GTP-U), half of the packets start from one of them."""
     rng = random.Random(seed)
     for _ in range(n):
-        pkt = _base_packet(rng)
+        pkt = rng.choice(templates) if templates and rng.random() < 0.5 else _base_packet(rng)
         yield pkt if rng.random() < 0.35 else _mutate(rng, pkt)
 
 
 def fuzz(executors: list[Executor], n: int, seed: int, desc: Descriptor, setup: dict[str, Any],
          pcap: Path | None = None) -> Report:
     """Run ``n`` generated packets through every executor; any disagreement is a failure
-    (and its packets are written to ``pcap``). Tables and counters are compared at the end."""
+    (and its packets are written to ``pcap``). Tables and counters are compared at the end.
+
+    ``setup`` is the VNF's FUZZ dict: ``tables`` and ``config`` to set up first, ``templates``
+    (packets the fuzzer starts from half of the time), ``start_ns``/``step_ns`` for the clock."""
     prepare(executors, desc, setup.get("config", {}), setup.get("tables", {}), "FUZZ setup")
     report = Report()
-    for i, pkt in enumerate(fuzz_packets(n, seed)):
+    templates = [bytes(t) for t in setup.get("templates", [])]
+    for i, pkt in enumerate(fuzz_packets(n, seed, templates)):
         for ex in executors:
             ex.set_clock(setup.get("start_ns", 1_000_000_000) + i * setup.get("step_ns", CLOCK_STEP))
         results = run_one(executors, pkt)
