@@ -23,22 +23,15 @@ import cffi
 
 from datapath.compiler import INCLUDE_DIR, cache_dir, parse_diagnostics
 from datapath.errors import CompileError
+from datapath.native_tables import NATIVE_TABLES_CDEF
 
 NATIVE_DIR = Path(__file__).parent / "native"
 RUNTIME = NATIVE_DIR / "vk_runtime.c"
 TABLES = NATIVE_DIR / "vk_tables.c"
 CFLAGS = ["-O2", "-std=gnu11", "-fno-strict-aliasing", "-Wall", "-Wno-unused-function", "-Wno-address-of-packed-member"]
 
-CDEF = """
-struct vk_table {
-    const char *name;
-    uint32_t type;
-    uint32_t key_size;
-    uint32_t value_size;
-    uint32_t max_entries;
-    uint32_t flags;
-    void *impl;
-};
+# The runtime's entry points (vk_runtime.c) on top of the tables' whole header.
+CDEF = NATIVE_TABLES_CDEF + """
 struct vk_result { uint32_t verdict; uint32_t port; uint32_t offset; uint32_t len; };
 
 int vk_native_init(uint32_t ncpus);
@@ -48,14 +41,6 @@ void vk_native_set_cpu(uint32_t cpu);
 void vk_native_run(uint8_t *buf, uint32_t offset, uint32_t len, struct vk_result *res);
 void vk_native_run_batch(uint8_t *buf, uint32_t slot_size, uint32_t n, const uint32_t *offsets,
                          const uint32_t *lens, struct vk_result *res);
-
-void *vk_table_lookup(struct vk_table *t, const void *key);
-int vk_table_update(struct vk_table *t, const void *key, const void *value, uint64_t flags);
-int vk_table_delete(struct vk_table *t, const void *key);
-int vk_table_sys_lookup(struct vk_table *t, const void *key, void *values);
-int vk_table_sys_update(struct vk_table *t, const void *key, const void *values, uint64_t flags);
-int vk_table_next_key(struct vk_table *t, const void *key, void *next_key);
-void *vk_table_array_base(struct vk_table *t);
 """
 
 

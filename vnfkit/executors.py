@@ -8,10 +8,8 @@ fuzzer drive them side by side and demand the same answers.
 
 from __future__ import annotations
 
-import importlib.util
 import ipaddress
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,7 @@ from datapath.verdict import Verdict
 from vnfkit.introspect import Introspection, introspect
 from vnfkit.model import ModelContext, Result
 from vnfkit.model_tables import ModelTable
+from vnfkit.pyfile import import_file
 
 HEADROOM = 256  # bytes before a native packet: room to push headers, as XDP's headroom
 TAILROOM = 64
@@ -228,17 +227,7 @@ class ModelExecutor(Executor):
 
 
 def _load_model(path: Path) -> Any:
-    if not path.is_file():
-        raise ExecutorError(f"{path}: no such file (a VNF folder needs model.py)")
-    name = f"_vnf_model_{abs(hash(str(path.resolve())))}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except Exception as exc:  # noqa: BLE001 - any import failure is the model's
-        raise ExecutorError(f"{path}: importing the model failed: {type(exc).__name__}: {exc}") from exc
+    module = import_file(path, "a VNF folder needs model.py", ExecutorError)
     process = getattr(module, "process", None)
     if not callable(process):
         raise ExecutorError(f"{path}: defines no function process(pkt, ctx)")

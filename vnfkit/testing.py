@@ -9,10 +9,8 @@ difference from the expectation. ``fuzz`` does the same for generated packets.
 
 from __future__ import annotations
 
-import importlib.util
 import random
 import struct
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +21,7 @@ from datapath.verdict import Verdict
 from vnfkit.descriptor import Descriptor, DescriptorError, config_values
 from vnfkit.executors import Executor
 from vnfkit.model import Result
+from vnfkit.pyfile import import_file
 
 
 class PacketTestError(VnfkitError):
@@ -71,17 +70,7 @@ class Report:
 def load_packet_tests(folder: Path) -> tuple[list[PacketTest], dict[str, Any]]:
     """TESTS from ``folder/tests/packets.py``, and its optional FUZZ setup dict."""
     path = folder / "tests" / "packets.py"
-    if not path.is_file():
-        raise PacketTestError(f"{path}: no such file (packet tests live there)")
-    name = f"_vnf_packets_{abs(hash(str(path.resolve())))}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except Exception as exc:  # noqa: BLE001 - any error in the test file is reported as the file's
-        raise PacketTestError(f"{path}: {type(exc).__name__}: {exc}") from exc
+    module = import_file(path, "packet tests live there", PacketTestError)
     tests = getattr(module, "TESTS", None)
     if not isinstance(tests, list) or not all(isinstance(t, PacketTest) for t in tests):
         raise PacketTestError(f"{path}: TESTS must be a list of vnfkit.testing.PacketTest")
