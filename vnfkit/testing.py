@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from datapath.errors import MapError, VnfkitError
 from datapath.verdict import Verdict
 from vnfkit.descriptor import Descriptor, DescriptorError, config_values
@@ -156,11 +158,20 @@ def _verdict(name: str, test: str) -> Verdict:
 
 
 def compare_state(executors: list[Executor]) -> str | None:
-    """Tables and counters after a run: None if every executor holds the same."""
+    """Tables and counters after a run: None if every executor holds the same.
+
+    Per-CPU values are compared summed: the kernel has a slot per CPU of the machine, the
+    native and model executors one."""
+    def value(table: Any, key: bytes) -> bytes:
+        raw = table._raw_lookup(key) or b""
+        if raw and table.per_cpu:
+            return np.asarray(table._decode_value(raw, False)).tobytes()
+        return bytes(raw)
+
     def snapshot(ex: Executor) -> dict[str, Any]:
         tables = {}
         for name, table in ex.vnf_tables().items():
-            tables[name] = sorted((bytes(k), bytes(table._raw_lookup(k) or b"")) for k in table.raw_keys())
+            tables[name] = sorted((bytes(k), value(table, k)) for k in table.raw_keys())
         return {"tables": tables, "counters": ex.counters()}
 
     snaps = {ex.name: snapshot(ex) for ex in executors}

@@ -27,6 +27,7 @@ VK_HASH(push_vlan, __u16, struct push_val, 256);          /* UDP dst port -> VID
 VK_LPM_TRIE(reflect, struct lpm_v4, __u32, 1024);         /* dst prefix -> reflect (TX) */
 VK_LRU_HASH(seen, __u32, __u64, 4096);                    /* IPv4 source -> packets */
 VK_ARRAY(proto_hits, __u64, 256);                         /* IP protocol -> packets */
+VK_PERCPU_ARRAY(len_hist, __u64, 16);                     /* frame length / 128 -> packets */
 
 static __always_inline int pop_vlan(struct vk_pkt *p)
 {
@@ -70,6 +71,12 @@ static __always_inline int process(struct vk_pkt *p)
     const struct vnf_config *cfg = vk_config();
     if (!cfg)
         return VK_ABORTED;
+    __u32 bin = vk_len(p) / 128;
+    if (bin > 15)
+        bin = 15;
+    __u64 *h = vk_lookup(len_hist, &bin);
+    if (h)
+        *h += 1;  /* per-CPU: no atomic needed */
     if (vk_parse(p) != VK_PARSE_OK) {
         vk_count(p, CTR_malformed);
         return VK_DROP;

@@ -11,6 +11,7 @@ BPF_NOEXIST = 1
 
 def process(pkt: bytearray, ctx: ModelContext) -> Result:
     cfg = ctx.config
+    ctx.tables["len_hist"].lookup_ref(min(len(pkt) // 128, 15))[()] += 1
     h = parse(pkt)
     if h.error:
         ctx.count("malformed", len(pkt))
