@@ -23,8 +23,6 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent.parent / "vnfs" / "gtp"
-
 from datapath.builtin import builtin
 from datapath.objects import load
 from datapath.verdict import Verdict
@@ -32,6 +30,8 @@ from vnfkit.descriptor import load_descriptor
 from vnfkit.executors import HEADROOM, make_executors
 from vnfkit.pyfile import import_file
 from vnfkit.testing import PacketTestError, prepare
+
+HERE = Path(__file__).resolve().parent.parent / "vnfs" / "gtp"
 
 BATCH, SLOT = 64, 2048
 
