@@ -153,8 +153,8 @@ def _load_key(path: Path, *, private: bool) -> Ed25519PrivateKey | Ed25519Public
 def package(path: str | Path, out: Path, *, sign_key: Path | None = None, bpf_object: Path | None = None) -> Path:
     """Package the VNF at ``path`` into ``out`` (a file, or a folder to hold ``<name>-<version>.vnfpkg``).
 
-    The package holds vnf.yaml, fastpath.c, model.py, manager.py, the manager named by the
-    descriptor and tests/ (caches and hidden files left out), ``bpf_object`` as
+    The package holds every file of the VNF's folder (caches and hidden files left out; the
+    manager named by the descriptor too), ``bpf_object`` as
     build/fastpath.bpf.o, and MANIFEST.json; with ``sign_key`` also MANIFEST.sig and SIGNER.
     Same inputs and SOURCE_DATE_EPOCH give the same bytes. Nothing is written on failure.
     """
@@ -188,16 +188,14 @@ def package(path: str | Path, out: Path, *, sign_key: Path | None = None, bpf_ob
 def _collect(desc: Descriptor, bpf_object: Path | None) -> tuple[dict[str, bytes], dict[str, int]]:
     """Archive name -> bytes, and the names that keep their executable bit."""
     folder = desc.folder
-    sources = [folder / name for name in REQUIRED]
-    if (folder / "manager.py").is_file():
-        sources.append(folder / "manager.py")
+    # The whole folder: a VNF's control plane and helper modules (control.py, ...) travel
+    # with it, not only the files every VNF has.
+    sources = _folder_files(folder)
+    for name in REQUIRED:
+        if folder / name not in sources:
+            raise PackageError(f"{folder / name}: missing; every VNF package holds it")
     if desc.fsm is not None and desc.fsm not in sources:
         sources.append(desc.fsm)
-    tests = folder / "tests"
-    if tests.is_symlink():
-        raise PackageError(f"{tests} is a symlink; a package holds regular files only")
-    if tests.is_dir():
-        sources += _test_files(tests)
     files: dict[str, bytes] = {}
     modes: dict[str, int] = {}
     for src in sources:
@@ -212,9 +210,11 @@ def _collect(desc: Descriptor, bpf_object: Path | None) -> tuple[dict[str, bytes
     return files, modes
 
 
-def _test_files(tests: Path) -> list[Path]:
+def _folder_files(top: Path) -> list[Path]:
+    if top.is_symlink():
+        raise PackageError(f"{top} is a symlink; a package holds regular files only")
     found = []
-    for root, dirs, names in os.walk(tests):
+    for root, dirs, names in os.walk(top):
         # Caches and hidden files are the developer's, not the VNF's; walking in sorted order
         # keeps the result independent of the file system.
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__pycache__")
