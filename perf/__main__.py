@@ -1,7 +1,9 @@
 """``python -m perf <benchmark> [options]``: the project's benchmarks.
 
-Benchmarks so far: ``engine`` (per-packet cost by test-run, rate at the far end of a veth) and
-``sdk`` (one VNF source on its kernel, native and model executors, ns/packet side by side).
+Benchmarks: ``engine`` (per-packet cost by test-run, rate at the far end of a veth), ``sdk`` (one
+VNF source on its kernel, native and model executors, ns/packet side by side) and ``firewall``
+(the firewall VNF's ns/packet at 10, 1,000 and 10,000 rules). Per-VNF figure scripts live beside
+them: perf/{gtp,l4lb,monitor,nat,ratelimit}.py.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from perf import engine, sdk
+from perf import engine, firewall, sdk
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
                                         description=engine.__doc__.splitlines()[0]))
     sdk.add_arguments(sub.add_parser("sdk", help="VNF SDK: ns/packet of one VNF in the kernel, native and in Python",
                                      description=sdk.__doc__.splitlines()[0]))
+    firewall.add_arguments(sub.add_parser("firewall", help="firewall VNF: ns/packet at 10, 1,000 and 10,000 rules",
+                                          description=firewall.__doc__.splitlines()[0]))
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -24,7 +24,6 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,8 +31,7 @@ import numpy as np
 from datapath import netns
 from datapath.builtin import builtin
 from datapath.objects import load
-from perf import engine_report, sinks, traffic
-from perf.report import DEFAULT_OUT
+from perf import engine_report, report, sinks, traffic
 
 FLOWS = 64  # UDP source ports the generators cycle through
 BASE_PORT = 4000
@@ -186,21 +184,10 @@ def measure_rates(profile: Profile, runs: int, cpu: int,
 
 
 # ---- command line ------------------------------------------------------------------------------
-def _runs(text: str) -> int:
-    n = int(text)
-    if n < 5:
-        raise argparse.ArgumentTypeError("a median needs at least 5 runs")
-    return n
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``engine`` subcommand's options."""
-    parser.add_argument("--quick", action="store_true", help="shorter runs (about 10 s in all); still ≥ 5 runs")
-    parser.add_argument("--runs", type=_runs, default=7, help="runs per scenario, ≥ 5 (default 7)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
-    parser.add_argument("--cpu", type=int, default=None,
-                        help="CPU for the path under test (default: the highest allowed)")
-    parser.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
+    report.add_common_arguments(parser, quick_help="shorter runs (about 10 s in all); still ≥ 5 runs",
+                                cpu_help="CPU for the path under test (default: the highest allowed)")
     parser.set_defaults(func=main)
 
 

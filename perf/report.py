@@ -8,6 +8,7 @@ measured back to back) before the median, so drift across a session cancels.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import ctypes
 import json
@@ -31,6 +32,23 @@ import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = Path(__file__).resolve().parent / "out"  # git-ignored
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, quick_help: str, cpu_help: str) -> None:
+    """The options every benchmark takes: --quick, --runs (>= 5: a median needs them), --out,
+    --cpu and the hidden --smoke the tests use."""
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--runs", type=_runs, default=7, help="runs per scenario, ≥ 5 (default 7)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
+    parser.add_argument("--cpu", type=int, default=None, help=cpu_help)
+    parser.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
+
+
+def _runs(text: str) -> int:
+    n = int(text)
+    if n < 5:
+        raise argparse.ArgumentTypeError("a median needs at least 5 runs")
+    return n
 
 
 def summary(values: Sequence[float]) -> dict[str, Any]:

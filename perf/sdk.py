@@ -42,7 +42,6 @@ from datapath.native import CFLAGS
 from datapath.objects import load
 from datapath.verdict import Verdict
 from perf import report, sdk_report, traffic
-from perf.report import DEFAULT_OUT
 from vnfkit.cli_vnf import SKELETON
 from vnfkit.descriptor import load_descriptor
 from vnfkit.executors import HEADROOM, TAILROOM, KernelExecutor, ModelExecutor, NativeExecutor, make_executors
@@ -392,21 +391,10 @@ def _check_counters(scenarios: list[Scenario], runs: int, before: dict[str, dict
 
 
 # ---- command line ------------------------------------------------------------------------------
-def _runs(text: str) -> int:
-    n = int(text)
-    if n < 5:
-        raise argparse.ArgumentTypeError("a median needs at least 5 runs")
-    return n
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``sdk`` subcommand's options."""
-    parser.add_argument("--quick", action="store_true", help="shorter runs (under 15 s in all); still ≥ 5 runs")
-    parser.add_argument("--runs", type=_runs, default=7, help="runs per scenario, ≥ 5 (default 7)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
-    parser.add_argument("--cpu", type=int, default=None,
-                        help="CPU every path runs on (default: the highest allowed)")
-    parser.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
+    report.add_common_arguments(parser, quick_help="shorter runs (under 15 s in all); still ≥ 5 runs",
+                                cpu_help="CPU every path runs on (default: the highest allowed)")
     parser.set_defaults(func=main)
 
 
