@@ -193,3 +193,18 @@ def test_skeleton_vnf_on_a_real_veth_blocks_a_real_client(tmp_path: Path, pair) 
         netns.udp_send(pair.ns_a, pair.addr_b, 5353, count=3)
         assert [server.recv(100) for _ in range(3)]
         assert vnf.counters()["blocked"][0] == 10
+
+
+def test_hash_twins_match_murmur3_reference_vectors() -> None:
+    """vk_murmur3_words / murmur3_words are MurmurHash3 x86_32 (the published vectors)."""
+    import numpy as np
+
+    from vnfkit.model import murmur3_words
+
+    assert murmur3_words([], 0) == 0
+    assert murmur3_words([], 1) == 0x514E28B7
+    assert murmur3_words([0], 0) == 0x2362F9DE
+    assert murmur3_words([0xFFFFFFFF], 0) == 0x76293B50
+    words = np.array([[0, 0xFFFFFFFF], [7, 9]], dtype=np.uint64)
+    assert murmur3_words([words[:, 0], words[:, 1]], 5).tolist() == [murmur3_words([0, 0xFFFFFFFF], 5),
+                                                                      murmur3_words([7, 9], 5)]

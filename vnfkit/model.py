@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import struct
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +21,7 @@ from datapath.tables import Table
 from datapath.verdict import Verdict
 
 __all__ = ["Verdict", "Result", "ModelContext", "Hdrs", "parse", "csum_replace2", "csum_replace4",
-           "PARSE_OK", "PARSE_TRUNCATED", "PARSE_BAD"]
+           "fmix32", "murmur3_words", "PARSE_OK", "PARSE_TRUNCATED", "PARSE_BAD"]
 
 ETH_P_IP, ETH_P_IPV6, ETH_P_NSH, ETH_P_8021Q, ETH_P_8021AD = 0x0800, 0x86DD, 0x894F, 0x8100, 0x88A8
 IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMP, IPPROTO_ICMPV6 = 6, 17, 1, 58
@@ -163,6 +164,34 @@ def _parse(pkt: bytes | bytearray, h: Hdrs) -> int:
         if not _fits(pkt, off, words * 4):
             return PARSE_TRUNCATED
     return PARSE_OK
+
+
+M32 = 0xFFFFFFFF
+
+
+# The hash twins take ints or numpy uint64 arrays (a control plane hashing many keys at once):
+# every product is masked to 32 bits, which a 64-bit wrap-around does not disturb.
+
+def _rotl32(x: Any, r: int) -> Any:
+    return ((x << r) | (x >> (32 - r))) & M32
+
+
+def fmix32(h: Any) -> Any:
+    """The twin of ``vk_fmix32``: MurmurHash3's finaliser."""
+    h ^= h >> 16
+    h = (h * 0x85EBCA6B) & M32
+    h ^= h >> 13
+    h = (h * 0xC2B2AE35) & M32
+    return h ^ (h >> 16)
+
+
+def murmur3_words(words: Sequence[Any], seed: int) -> Any:
+    """The twin of ``vk_murmur3_words``: MurmurHash3 (x86, 32-bit) of little-endian words."""
+    h: Any = seed & M32
+    for w in words:
+        k = _rotl32((w * 0xCC9E2D51) & M32, 15) * 0x1B873593 & M32
+        h = (_rotl32(h ^ k, 13) * 5 + 0xE6546B64) & M32
+    return fmix32(h ^ (len(words) * 4))
 
 
 def _fold(s: int) -> int:

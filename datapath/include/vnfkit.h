@@ -13,7 +13,7 @@
  *   VNF_MAIN(process)
  *
  * See datapath/include/vnfkit/ for the pieces: packet access and parsing, checksums,
- * tables. This file holds verdicts, counters, configuration, head adjustment and the
+ * tables, hashes. This file holds verdicts, counters, configuration, head adjustment and the
  * entry points.
  */
 #ifndef VNFKIT_H
@@ -23,6 +23,7 @@
 #include "vnfkit/packet.h"
 #include "vnfkit/csum.h"
 #include "vnfkit/tables.h"
+#include "vnfkit/hash.h"
 
 /* ---- verdicts: the same numbers as datapath.verdict.Verdict in Python ---- */
 enum vk_verdict {

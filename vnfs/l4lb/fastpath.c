@@ -132,30 +132,11 @@ VK_PERCPU_ARRAY(vip_stats, struct vip_stat, MAX_VIPS);
 VK_LRU_HASH(conns, struct flow_key, struct conn, MAX_CONNS);
 VK_LRU_HASH(nat_revs, struct flow_key, struct nat_rev, MAX_CONNS);
 
-static __always_inline __u32 rotl32(__u32 x, int r)
-{
-    return (x << r) | (x >> (32 - r));
-}
-
 /* MurmurHash3 (x86, 32-bit) of the 40-byte flow key as ten little-endian words: no
  * randomness, the same on every executor and in maglev.py, and well mixed for Maglev. */
 static __always_inline __u32 flow_hash(const struct flow_key *k, __u32 seed)
 {
-    const __u32 *w = (const __u32 *)k;
-    __u32 h = seed;
-    VK_UNROLL
-    for (int i = 0; i < 10; i++) {
-        __u32 c = w[i] * 0xcc9e2d51u;
-        c = rotl32(c, 15) * 0x1b873593u;
-        h = rotl32(h ^ c, 13) * 5 + 0xe6546b64u;
-    }
-    h ^= 40;
-    h ^= h >> 16;
-    h *= 0x85ebca6bu;
-    h ^= h >> 13;
-    h *= 0xc2b2ae35u;
-    h ^= h >> 16;
-    return h;
+    return vk_murmur3_words((const __u32 *)k, 10, seed);
 }
 
 /* The one's-complement difference a field's change makes to a checksum (RFC 1624,

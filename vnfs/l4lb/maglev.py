@@ -15,8 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vnfkit.model import murmur3_words
+
 M32 = 0xFFFFFFFF
-C1, C2 = 0xCC9E2D51, 0x1B873593
+
 FLOW_KEY_WORDS = 10  # struct flow_key is 40 bytes
 
 
@@ -34,41 +36,15 @@ def is_prime(n: int) -> bool:
     return True
 
 
-def _rotl(x: int, r: int) -> int:
-    return ((x << r) | (x >> (32 - r))) & M32
-
-
 def flow_hash(key: bytes, seed: int) -> int:
     """The C ``flow_hash``: MurmurHash3 of the flow key read as ten little-endian words."""
-    h = seed & M32
-    for w in struct.unpack("<10I", key):
-        c = _rotl((w * C1) & M32, 15) * C2 & M32
-        h = (_rotl(h ^ c, 13) * 5 + 0xE6546B64) & M32
-    h ^= 40
-    h ^= h >> 16
-    h = h * 0x85EBCA6B & M32
-    h ^= h >> 13
-    h = h * 0xC2B2AE35 & M32
-    return h ^ (h >> 16)
-
-
-def _rotl_np(x: np.ndarray, r: int) -> np.ndarray:
-    return (x << np.uint32(r)) | (x >> np.uint32(32 - r))
+    return murmur3_words(struct.unpack("<10I", key), seed)
 
 
 def flow_hash_np(words: np.ndarray, seed: int) -> np.ndarray:
     """``flow_hash`` of many keys at once: ``words`` is an (n, 10) uint32 array."""
-    words = np.asarray(words, dtype=np.uint32)
-    h = np.full(len(words), seed & M32, dtype=np.uint32)
-    for i in range(FLOW_KEY_WORDS):
-        c = _rotl_np(words[:, i] * np.uint32(C1), 15) * np.uint32(C2)
-        h = _rotl_np(h ^ c, 13) * np.uint32(5) + np.uint32(0xE6546B64)
-    h ^= np.uint32(40)
-    h ^= h >> np.uint32(16)
-    h *= np.uint32(0x85EBCA6B)
-    h ^= h >> np.uint32(13)
-    h *= np.uint32(0xC2B2AE35)
-    return h ^ (h >> np.uint32(16))
+    words = np.asarray(words, dtype=np.uint64)  # room for the 32x32-bit products
+    return murmur3_words([words[:, i] for i in range(FLOW_KEY_WORDS)], seed).astype(np.uint32)
 
 
 def _offset_skip(name: str, m: int) -> tuple[int, int]:

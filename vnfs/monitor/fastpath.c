@@ -86,21 +86,6 @@ VK_ARRAY(vlan_hist, struct mon_count, 4096);
 
 /* ---- the hash family (model.py has the same functions) ---- */
 
-VK_INLINE __u32 rotl32(__u32 x, int r)
-{
-    return (x << r) | (x >> (32 - r));
-}
-
-VK_INLINE __u32 fmix32(__u32 h)
-{
-    h ^= h >> 16;
-    h *= 0x85ebca6bu;
-    h ^= h >> 13;
-    h *= 0xc2b2ae35u;
-    h ^= h >> 16;
-    return h;
-}
-
 /* v mod (2^31 - 1) for v < 2^62, by folding (no division in the fast path). */
 VK_INLINE __u32 mod_p(__u64 v)
 {
@@ -112,24 +97,15 @@ VK_INLINE __u32 mod_p(__u64 v)
 /* MurmurHash3 (x86, 32-bit) of the key: a seeded 32-bit fingerprint of the flow. */
 VK_INLINE __u32 flow_hash(const struct flow_key *key, __u32 seed)
 {
-    const __u32 *w = (const __u32 *)key;
-    __u32 h = seed;
-    VK_UNROLL
-    for (int i = 0; i < (int)FLOW_KEY_WORDS; i++) {
-        __u32 k = w[i] * 0xcc9e2d51u;
-        k = rotl32(k, 15) * 0x1b873593u;
-        h ^= k;
-        h = rotl32(h, 13) * 5 + 0xe6546b64u;
-    }
-    return fmix32(h ^ (__u32)sizeof(*key));
+    return vk_murmur3_words((const __u32 *)key, (int)FLOW_KEY_WORDS, seed);
 }
 
 /* Row `row`'s column: h_row(x) = ((a x + b) mod p) mod w, a pairwise-independent
  * (Carter-Wegman) family, as the count-min bounds assume; a and b come from the seed. */
 VK_INLINE __u32 sketch_col(__u32 seed, __u32 row, __u32 x)
 {
-    __u32 a = mod_p(fmix32(seed ^ (GOLDEN * (2 * row + 1))));
-    __u32 b = mod_p(fmix32(seed ^ (GOLDEN * (2 * row + 2))));
+    __u32 a = mod_p(vk_fmix32(seed ^ (GOLDEN * (2 * row + 1))));
+    __u32 b = mod_p(vk_fmix32(seed ^ (GOLDEN * (2 * row + 2))));
     if (!a)
         a = 1;
     return mod_p((__u64)a * x + b) & (SKETCH_COLS - 1);

@@ -26,6 +26,8 @@ from vnfkit.model import (
     ModelContext,
     Result,
     Verdict,
+    fmix32,
+    murmur3_words,
     parse,
 )
 
@@ -53,19 +55,6 @@ def pack_key(src: bytes, dst: bytes, sport: int, dport: int, vid0: int, vid1: in
                        proto, ipver, vlans, flags)
 
 
-def _rotl(x: Any, r: int) -> Any:
-    return ((x << r) | (x >> (32 - r))) & M32
-
-
-def fmix32(h: Any) -> Any:
-    """MurmurHash3's finaliser."""
-    h ^= h >> 16
-    h = (h * 0x85EBCA6B) & M32
-    h ^= h >> 13
-    h = (h * 0xC2B2AE35) & M32
-    return h ^ (h >> 16)
-
-
 def mod_p(v: Any) -> Any:
     """``v mod (2**31 - 1)`` for ``v < 2**62``, folded as the C does (no division there)."""
     v = (v & PRIME) + (v >> 31)
@@ -75,13 +64,7 @@ def mod_p(v: Any) -> Any:
 
 def flow_hash(words: list[Any], seed: int) -> Any:
     """MurmurHash3 (x86, 32-bit) of a key given as its eleven little-endian 32-bit words."""
-    h = seed & M32
-    for w in words:
-        k = (w * 0xCC9E2D51) & M32
-        k = (_rotl(k, 15) * 0x1B873593) & M32
-        h ^= k
-        h = (_rotl(h, 13) * 5 + 0xE6546B64) & M32
-    return fmix32(h ^ KEY_SIZE)
+    return murmur3_words(words, seed)
 
 
 def row_params(seed: int, row: int) -> tuple[int, int]:

@@ -113,22 +113,11 @@ VK_INLINE __u32 nat_mix(__u32 h, __u32 w)
     return h ^ (h >> 15);
 }
 
-/* murmur3's finaliser: every input bit reaches every output bit. */
-VK_INLINE __u32 nat_fmix(__u32 h)
-{
-    h ^= h >> 16;
-    h *= 0x85ebca6bu;
-    h ^= h >> 13;
-    h *= 0xc2b2ae35u;
-    h ^= h >> 16;
-    return h;
-}
-
 /* An inside host always gets the same pool address ("paired" pooling, RFC 4787 REQ-2);
  * that is also what lets later fragments be translated by their addresses alone. */
 VK_INLINE __be32 nat_pool_addr(const struct vnf_config *cfg, __be32 inside_addr)
 {
-    __u32 idx = nat_fmix(nat_mix(cfg->hash_seed, inside_addr)) % cfg->pool_count;
+    __u32 idx = vk_fmix32(nat_mix(cfg->hash_seed, inside_addr)) % cfg->pool_count;
     return bpf_htonl(bpf_ntohl(cfg->pool_first) + idx);
 }
 
@@ -138,7 +127,7 @@ VK_INLINE __u32 nat_hash_flow(const struct vnf_config *cfg, const struct nat_key
     h = nat_mix(h, k->remote);
     h = nat_mix(h, (__u32)k->port | ((__u32)k->rport << 16));
     h = nat_mix(h, k->proto);
-    return nat_fmix(h);
+    return vk_fmix32(h);
 }
 
 VK_INLINE int nat_in_pool(const struct vnf_config *cfg, __be32 addr)

@@ -28,6 +28,7 @@ from vnfkit.model import (
     Verdict,
     csum_replace2,
     csum_replace4,
+    fmix32,
     parse,
 )
 from vnfkit.pyfile import import_file
@@ -91,14 +92,6 @@ def _mix(h: int, w: int) -> int:
     return h ^ (h >> 15)
 
 
-def _fmix(h: int) -> int:
-    h ^= h >> 16
-    h = (h * 0x85EBCA6B) & M32
-    h ^= h >> 13
-    h = (h * 0xC2B2AE35) & M32
-    return h ^ (h >> 16)
-
-
 def _pool_first(cfg: Any) -> int:
     """pool_first in host order (the config holds the address's wire bytes)."""
     return _be32(int(cfg["pool_first"]).to_bytes(4, "little"))
@@ -106,7 +99,7 @@ def _pool_first(cfg: Any) -> int:
 
 def pool_addr(cfg: Any, inside_addr: bytes) -> bytes:
     """nat_pool_addr: the pool address an inside host always gets."""
-    idx = _fmix(_mix(int(cfg["hash_seed"]), _le(inside_addr))) % int(cfg["pool_count"])
+    idx = fmix32(_mix(int(cfg["hash_seed"]), _le(inside_addr))) % int(cfg["pool_count"])
     return ((_pool_first(cfg) + idx) & M32).to_bytes(4, "big")
 
 
@@ -115,7 +108,7 @@ def _hash_flow(cfg: Any, k: NatKey) -> int:
     h = _mix(h, _le(k.remote))
     h = _mix(h, _le(k.port) | (_le(k.rport) << 16))
     h = _mix(h, k.proto)
-    return _fmix(h)
+    return fmix32(h)
 
 
 def _in_pool(cfg: Any, addr: bytes) -> bool:
