@@ -368,6 +368,13 @@ def test_cli_keygen_package_inspect(tmp_path: Path, out: Path, bpf_object: Path,
     with pytest.raises(PackageError, match="model.py"):
         run("inspect", str(tampered))
 
+    # A host that trusts a key once (VNFKIT_TRUST_KEY) refuses unsigned packages by default.
+    code, _ = run("package", str(FULL), "-o", str(out / "unsigned.vnfpkg"))
+    monkeypatch.setenv("VNFKIT_TRUST_KEY", str(tmp_path / "k.pub"))
+    assert run("inspect", str(pkg))[0] == 0
+    with pytest.raises(PackageError, match="not signed|MANIFEST.sig"):
+        run("inspect", str(out / "unsigned.vnfpkg"))
+
 
 def test_cli_package_stops_on_problems(out: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import vnfkit.validate

@@ -7,6 +7,7 @@ vnfkit raises on purpose (VnfkitError) are left to the CLI, which prints them as
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from rich.console import Console
@@ -31,7 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     s = subparsers.add_parser("inspect", help="verify a .vnfpkg and list what it holds")
     s.add_argument("file", metavar="FILE")
-    s.add_argument("--trust", metavar="KEY", help="Ed25519 public key (PEM) the package must be signed with")
+    s.add_argument("--trust", metavar="KEY", default=os.environ.get("VNFKIT_TRUST_KEY"),
+                   help="Ed25519 public key (PEM) the package must be signed with "
+                        "(default: $VNFKIT_TRUST_KEY, so a host can require signatures once for all)")
     s.set_defaults(func=cmd_inspect)
 
     s = subparsers.add_parser("keygen", help="make an Ed25519 key pair for signing packages (OUT and OUT.pub)")
