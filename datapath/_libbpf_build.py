@@ -59,6 +59,8 @@ __u32 bpf_map__map_flags(const struct bpf_map *map);
 __u32 bpf_map__btf_key_type_id(const struct bpf_map *map);
 __u32 bpf_map__btf_value_type_id(const struct bpf_map *map);
 int bpf_map__set_max_entries(struct bpf_map *map, __u32 max_entries);
+int bpf_map__reuse_fd(struct bpf_map *map, int fd);
+struct bpf_map *bpf_object__find_map_by_name(const struct bpf_object *obj, const char *name);
 bool bpf_map__is_internal(const struct bpf_map *map);
 
 int libbpf_num_possible_cpus(void);

@@ -209,10 +209,13 @@ def load(
     include_dirs: tuple[str | os.PathLike[str], ...] = (),
     defines: dict[str, str] | None = None,
     log_level: int = 0,
+    reuse_maps: dict[str, Map] | None = None,
 ) -> BpfObject:
     """Load a BPF object into the kernel (compiling it first if ``source`` is a ``.c``).
 
     ``log_level`` > 0 asks the verifier for its log even on success (2 = every state).
+    ``reuse_maps`` makes the object's maps of those names be existing maps instead of new
+    ones (how programs loaded separately share state, e.g. a chain's program array).
     """
     path = Path(source)
     if path.suffix == ".c":
@@ -230,6 +233,12 @@ def load(
         obj = lib.bpf_object__open_file(str(path).encode(), opts)
         if obj == ffi.NULL:
             raise LoadError(f"libbpf could not open {shown}: {os.strerror(ffi.errno)}\n" + "".join(messages))
+        for name, existing in (reuse_maps or {}).items():
+            m = lib.bpf_object__find_map_by_name(obj, name.encode())
+            if m == ffi.NULL or lib.bpf_map__reuse_fd(m, existing.fd) < 0:
+                lib.bpf_object__close(obj)
+                raise LoadError(f"{shown}: cannot reuse map '{name}' "
+                                f"({'no such map' if m == ffi.NULL else os.strerror(ffi.errno)})")
         ret = lib.bpf_object__load(obj)
     if ret < 0:
         lib.bpf_object__close(obj)

@@ -195,6 +195,8 @@ class ModelExecutor(Executor):
         super().__init__(intro)
         self.process = _load_model(model_path)
         for name, info in {**intro.tables, **intro.internal}.items():
+            if info.type == "other":
+                continue  # kernel plumbing (vk_chain's program array), not data a model holds
             self.tables[name] = ModelTable(name, info.map_type, info.key_size, info.value_size, info.max_entries,
                                            key_dtype=info.key_dtype, value_dtype=info.value_dtype, ncpus=1,
                                            flags=info.flags)

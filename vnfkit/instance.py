@@ -24,11 +24,12 @@ from vnfkit.introspect import Introspection, introspect
 class KernelInstance:
     """``with KernelInstance("vnfs/firewall", config={...}) as fw: fw.attach(ns, "eth0")``."""
 
-    def __init__(self, folder: str | Path, config: dict[str, Any] | None = None) -> None:
+    def __init__(self, folder: str | Path, config: dict[str, Any] | None = None, *,
+                 reuse_maps: dict[str, Map] | None = None) -> None:
         self.folder = Path(folder)
         self.descriptor: Descriptor = load_descriptor(self.folder)
         self.intro: Introspection = introspect(self.folder)
-        self.obj: BpfObject = load(self.intro.object_path)
+        self.obj: BpfObject = load(self.intro.object_path, reuse_maps=reuse_maps)
         self.attachments: list[Attachment] = []
         self.configure(config or {})
 

@@ -157,6 +157,37 @@ VK_INLINE int vk_adjust_head(struct vk_pkt *p, int delta)
 /* ---- entry points ---- */
 #ifdef VK_KERNEL
 
+/* In a service chain, the classifier puts the packet's SPI and SI in front of it as XDP
+ * metadata (RFC 8300's service path header without the rest of NSH: local hops carry no
+ * header) and the forwarder (chaining/progs/sff.c) tail-calls each function in turn. */
+struct vk_meta {
+    __u32 spi_si;   /* SPI << 8 | SI, host order */
+    __u32 ttl;      /* hops left; the forwarder drops the packet at 0 */
+};
+
+/* Slot 0 holds the host's forwarder when this function runs in a chain; empty otherwise. */
+struct {
+    __uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+    __uint(key_size, sizeof(__u32));
+    __uint(value_size, sizeof(__u32));
+    __uint(max_entries, 1);
+} vk_chain SEC(".maps");
+
+/* PASS or NEXT inside a chain: this function is done with the packet, so its SI goes down
+ * by one (RFC 8300 section 2.3) and the forwarder takes it on. Returns only when the packet
+ * is not in a chain (no metadata, or no forwarder), leaving the verdict to the caller. */
+VK_INLINE void vk__chain_next(struct xdp_md *ctx)
+{
+    struct vk_meta *m = (void *)(long)ctx->data_meta;
+    if ((void *)(m + 1) > (void *)(long)ctx->data)
+        return;
+    if ((m->spi_si & 0xff) == 0)
+        return;  /* SI exhausted: the forwarder would drop it; the stack may still use it */
+    m->spi_si -= 1;
+    bpf_tail_call(ctx, &vk_chain, 0);
+    m->spi_si += 1;  /* no forwarder: leave the packet as it came */
+}
+
 VK_INLINE int vk__finish(struct vk_pkt *p, int verdict)
 {
     __u32 zero = 0;
@@ -178,7 +209,8 @@ VK_INLINE int vk__port_ifindex(__u32 port)
     return ifindex ? *ifindex : 0;
 }
 
-/* VK_NEXT leaves the packet to the stack until the chaining layer wires next hops. */
+/* PASS and NEXT continue along a chain when there is one (vk__chain_next), else the
+ * packet goes to the host stack. */
 #define VNF_MAIN(fn)                                                                \
     SEC("xdp") int vnf_xdp(struct xdp_md *ctx)                                      \
     {                                                                               \
@@ -188,7 +220,7 @@ VK_INLINE int vk__port_ifindex(__u32 port)
         vk_count(&p, VK_CTR_RX);                                                    \
         switch (vk__finish(&p, fn(&p))) {                                           \
         case VK_DROP: return XDP_DROP;                                              \
-        case VK_PASS: case VK_NEXT: return XDP_PASS;                                \
+        case VK_PASS: case VK_NEXT: vk__chain_next(ctx); return XDP_PASS;           \
         case VK_TX: return XDP_TX;                                                  \
         case VK_REDIRECT: {                                                         \
             int ifindex = vk__port_ifindex(p.port);                                 \
