@@ -30,7 +30,8 @@ PROGS = Path(__file__).parent / "progs"
 FIRST_SI = 255
 DEFAULT_TTL = 63
 MAX_FUNCTIONS = 64     # sff_progs slots
-TAIL_CALL_LIMIT = 33   # the kernel's; a packet's path in one host must stay below it
+TAIL_CALL_LIMIT = 33   # the kernel's MAX_TAIL_CALL_CNT
+MAX_LOCAL_HOPS = (TAIL_CALL_LIMIT - 1) // 2  # 16
 SFF_LOCAL, SFF_STACK, SFF_EGRESS = 1, 2, 3
 SFF_COUNTERS = ("no_meta", "unknown", "ttl", "no_function", "delivered", "redirected")
 CLS_COUNTERS = ("matched", "unmatched", "not_ipv4", "no_room", "no_forwarder")
@@ -88,10 +89,10 @@ class LocalChain:
             raise ChainError(f"SPI {spi} out of range (1 .. 2^24-1)")
         if spi in self.paths:
             raise ChainError(f"SPI {spi} is already a path ({' -> '.join(self.paths[spi])})")
-        if len(functions) + 1 >= TAIL_CALL_LIMIT // 2:
-            # classifier -> sff -> f1 -> sff -> f2 ...: two tail calls per hop
+        if 2 * len(functions) + 1 > TAIL_CALL_LIMIT:
+            # classifier -> sff, then sff -> f and f -> sff for every function: 2n + 1 tail calls
             raise ChainError(f"path {spi} has {len(functions)} functions; one host takes at most "
-                             f"{TAIL_CALL_LIMIT // 2 - 2} (the kernel allows {TAIL_CALL_LIMIT} tail calls); "
+                             f"{MAX_LOCAL_HOPS} (2n+1 tail calls, the kernel allows {TAIL_CALL_LIMIT}); "
                              "split it across hosts")
         unknown = [f for f in functions if f not in self.functions]
         if unknown:

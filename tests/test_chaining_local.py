@@ -101,6 +101,21 @@ def test_unknown_hop_is_dropped_and_counted(lab: dict) -> None:
         assert chain.hop_stats()[(20, 255)] == 5
 
 
+def test_sixteen_hops_fit_the_tail_call_limit_and_seventeen_do_not(lab: dict) -> None:
+    with LocalChain() as chain:
+        blocker = chain.load("blocker", lab["blocker"])
+        chain.add_path(30, ["blocker"] * 16)  # 33 tail calls: exactly the kernel's limit
+        chain.classify(f"{lab['outer'].addr_b}/32", 30)
+        chain.attach(lab["router"], lab["inner"].ifname_b)
+        assert tcp_transfer(lab, 50_000) == 50_000
+        stats = chain.hop_stats()
+        assert stats[(30, 255)] == stats[(30, 240)] == stats[(30, 239)] > 0  # first, 16th, delivery
+        assert blocker.counters()["rx"][0] == 16 * stats[(30, 255)]
+        assert chain.counters()["sff_no_function"] == 0
+        with pytest.raises(ChainError, match="at most 16"):
+            chain.add_path(31, ["blocker"] * 17)
+
+
 def test_bad_paths_are_refused(lab: dict) -> None:
     with LocalChain() as chain:
         chain.load("blocker", lab["blocker"])
