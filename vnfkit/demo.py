@@ -148,6 +148,8 @@ def run(seconds: float = 4.0, console: Console | None = None) -> int:
                     # The final frame shows the average rate over the whole run.
                     table, prev = _table(counters, {}, time.monotonic() - start)
                     live.update(table)
+                if not console.is_terminal:
+                    console.print()  # Live leaves the cursor after the table when not on a terminal
                 client_thread.join()
                 stats = prog.stats()
             traffic.done = True
