@@ -7,18 +7,27 @@ it passes the packet on (``VK_PASS``/``VK_NEXT``), decrements SI and tail-calls 
 forwarder again (``vnfkit.h``); at the end of the path the packet goes to the host stack or
 out of an interface. No header is pushed between local hops.
 
-This is the local half of the SFC layer; paths across hosts (NSH on the wire), the service
-descriptor and the path compiler build on it.
+Paths across hosts: a hop whose next function is on another host is ``end="remote"``
+(:class:`RemoteHop`); the forwarder pushes an RFC 8300 NSH (MD type 1, next protocol Ethernet)
+under an Ethernet (0x894F) or VXLAN-GPE outer header and redirects it out of the underlay,
+where the next host's ``progs/nsh_rx.c`` (:meth:`LocalChain.attach_underlay`) validates and
+pops it and hands SPI/SI/TTL back to that host's forwarder as metadata. The next host installs
+its segment with ``add_path(..., first_si=...)``.
 """
 
 from __future__ import annotations
 
+import fcntl
+import ipaddress
+import socket
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from datapath import netns
 from datapath.attach import Attachment, attach_xdp
 from datapath.errors import VnfkitError
 from datapath.maps import Map
@@ -32,8 +41,14 @@ DEFAULT_TTL = 63
 MAX_FUNCTIONS = 64     # sff_progs slots
 TAIL_CALL_LIMIT = 33   # the kernel's MAX_TAIL_CALL_CNT
 MAX_LOCAL_HOPS = (TAIL_CALL_LIMIT - 1) // 2  # 16
-SFF_LOCAL, SFF_STACK, SFF_EGRESS = 1, 2, 3
-SFF_COUNTERS = ("no_meta", "unknown", "ttl", "no_function", "delivered", "redirected")
+SFF_LOCAL, SFF_STACK, SFF_EGRESS, SFF_REMOTE = 1, 2, 3, 4
+SFF_COUNTERS = ("no_meta", "unknown", "ttl", "no_function", "delivered", "redirected",
+                "remote_sent", "no_remote", "no_room")
+# nsh_rx.c's enum rx_counter, in order: passed on (by encapsulation), then dropped.
+RX_COUNTERS = ("not_nsh", "eth", "vxlan_gpe", "bad_version", "bad_length", "mdtype_reserved",
+               "mdtype_unknown", "bad_nextproto", "ttl_expired", "no_mac", "no_room", "no_forwarder")
+ENCAPS = {"eth": 1, "vxlan-gpe": 2}   # sff.c's enum sff_encap
+SIOCGIFHWADDR = 0x8927
 CLS_COUNTERS = ("matched", "unmatched", "not_ipv4", "no_room", "no_forwarder")
 
 
@@ -48,8 +63,61 @@ class Hop:
     function: str
 
 
+@dataclass
+class RemoteHop:
+    """The next hop of a path is on another host, reached out of ``ifname`` in ``ns``.
+
+    ``peer_mac`` is the peer host's underlay MAC (outer destination). ``encap`` is ``"eth"``
+    (NSH right after Ethernet, ethertype 0x894F) or ``"vxlan-gpe"`` (outer IPv4
+    ``src_ip`` -> ``dst_ip``, UDP to 4790, VXLAN-GPE next protocol NSH); ``sport`` is the base
+    of the outer UDP source port, to which a hash of the inner addresses is added.
+    """
+
+    ns: str | None
+    ifname: str
+    peer_mac: str
+    encap: str = "eth"
+    src_ip: str | None = None
+    dst_ip: str | None = None
+    sport: int = 49152
+
+
 def _u32(value: int) -> bytes:
     return np.uint32(value).tobytes()
+
+
+def mac_of(ns: str | None, ifname: str) -> bytes:
+    """The hardware address of ``ifname`` in netns ``ns`` (6 bytes)."""
+    ifindex(ns, ifname)  # a clear LookupError for a missing interface
+    with netns.enter(ns), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        # /sys/class/net shows the namespace sysfs was mounted in, not ns: ask the kernel.
+        req = struct.pack("256s", ifname.encode())
+        return fcntl.ioctl(s.fileno(), SIOCGIFHWADDR, req)[18:24]
+
+
+def _mac(text: str) -> bytes:
+    try:
+        raw = bytes.fromhex(text.replace(":", "").replace("-", ""))
+    except ValueError:
+        raw = b""
+    if len(raw) != 6:
+        raise ChainError(f"{text!r} is not a MAC address")
+    return raw
+
+
+def _remote_value(hop: RemoteHop) -> bytes:
+    """``struct sff_remote`` (sff.c) for ``hop``, packed as the kernel lays it out."""
+    if hop.encap not in ENCAPS:
+        raise ChainError(f"encap must be one of {sorted(ENCAPS)}, not {hop.encap!r}")
+    saddr = daddr = bytes(4)
+    if hop.encap == "vxlan-gpe":
+        if not hop.src_ip or not hop.dst_ip:
+            raise ChainError("encap='vxlan-gpe' needs src_ip and dst_ip (the outer IPv4 addresses)")
+        saddr, daddr = (ipaddress.IPv4Address(a).packed for a in (hop.src_ip, hop.dst_ip))
+    if not 0 <= hop.sport <= 0xFFFF - 0x3FFF:
+        raise ChainError(f"sport {hop.sport}: the flow hash adds up to 0x3fff, so at most {0xFFFF - 0x3FFF}")
+    return struct.pack("=IBBH6s6s4s4s", ifindex(hop.ns, hop.ifname), ENCAPS[hop.encap], 0, hop.sport,
+                       _mac(hop.peer_mac), mac_of(hop.ns, hop.ifname), saddr, daddr)
 
 
 class LocalChain:
@@ -62,7 +130,9 @@ class LocalChain:
         self.classifier: BpfObject = load(PROGS / "classifier.c", reuse_maps={"sff_entry": entry})
         self.functions: dict[str, tuple[int, KernelInstance]] = {}
         self.paths: dict[int, list[str]] = {}
+        self.first_si: dict[int, int] = {}
         self.attachments: list[Attachment] = []
+        self.nsh_rx: BpfObject | None = None  # loaded by the first attach_underlay()
 
     @staticmethod
     def _set_prog(prog_array: Map, slot: int, prog: Program) -> None:
@@ -82,11 +152,22 @@ class LocalChain:
         return inst
 
     def add_path(self, spi: int, functions: list[str], *, end: str = "stack",
-                 egress: tuple[str | None, str] | None = None) -> list[Hop]:
+                 egress: tuple[str | None, str] | None = None, first_si: int = FIRST_SI,
+                 remote: RemoteHop | None = None) -> list[Hop]:
         """Install path ``spi`` through ``functions`` in order; at its end the packet goes to the
-        host stack (``end="stack"``) or out of ``egress=(netns, ifname)`` (``end="egress"``)."""
+        host stack (``end="stack"``), out of ``egress=(netns, ifname)`` (``end="egress"``) or,
+        in NSH, to the host that runs the rest of the path (``end="remote"``,
+        ``remote=RemoteHop(...)``).
+
+        ``first_si`` is the SI of this host's first function: a host running the middle or the
+        end of a path installs its segment from the SI the previous host sent.
+        """
         if not 0 < spi < 1 << 24:
             raise ChainError(f"SPI {spi} out of range (1 .. 2^24-1)")
+        if not len(functions) <= first_si <= FIRST_SI:
+            # SI counts down once per function and cannot go below 0 at the path's end.
+            raise ChainError(f"first_si {first_si}: {len(functions)} function(s) need "
+                             f"{len(functions)} .. {FIRST_SI}")
         if spi in self.paths:
             raise ChainError(f"SPI {spi} is already a path ({' -> '.join(self.paths[spi])})")
         if 2 * len(functions) + 1 > TAIL_CALL_LIMIT:
@@ -103,29 +184,52 @@ class LocalChain:
             last = (SFF_EGRESS, ifindex(*egress))
         elif end == "stack":
             last = (SFF_STACK, 0)
+        elif end == "remote":
+            if remote is None:
+                raise ChainError("end='remote' needs remote=RemoteHop(...)")
+            last = (SFF_REMOTE, 0)
+            remote_value = _remote_value(remote)  # before anything is written: it may refuse
         else:
-            raise ChainError(f"end must be 'stack' or 'egress', not {end!r}")
+            raise ChainError(f"end must be 'stack', 'egress' or 'remote', not {end!r}")
         table = self.sff.map("sff_table")
         hops = []
         for i, name in enumerate(functions):
-            si = FIRST_SI - i
+            si = first_si - i
             table[(spi << 8) | si] = {"action": SFF_LOCAL, "arg": self.functions[name][0]}
             hops.append(Hop(spi, si, name))
-        si = FIRST_SI - len(functions)
+        si = first_si - len(functions)
+        if end == "remote":
+            # The parameters first: the forwarder must never see REMOTE without them.
+            self.sff.map("sff_remote").update(_u32((spi << 8) | si), remote_value)
         table[(spi << 8) | si] = {"action": last[0], "arg": last[1]}
         hops.append(Hop(spi, si, f"<{end}>"))
         self.paths[spi] = list(functions)
+        self.first_si[spi] = first_si
         return hops
 
     def classify(self, dst_prefix: str, spi: int, ttl: int = DEFAULT_TTL) -> None:
         """Start traffic to ``dst_prefix`` (IPv4) on path ``spi``."""
         if spi not in self.paths:
             raise ChainError(f"no path {spi} (paths: {sorted(self.paths)})")
-        self.classifier.map("cls_rules")[dst_prefix] = {"spi_si": (spi << 8) | FIRST_SI, "ttl": ttl}
+        self.classifier.map("cls_rules")[dst_prefix] = {"spi_si": (spi << 8) | self.first_si[spi], "ttl": ttl}
 
     def attach(self, ns: str | None, ifname: str, mode: str = "auto") -> Attachment:
         """Put the classifier at XDP on an ingress interface."""
         att = attach_xdp(self.classifier.program("classifier"), ifname, ns=ns, mode=mode)
+        self.attachments.append(att)
+        return att
+
+    def attach_underlay(self, ns: str | None, ifname: str, mode: str = "auto") -> Attachment:
+        """Receive NSH on an underlay interface: put ``progs/nsh_rx.c`` at its XDP hook, with
+        the interface's MAC as the new destination of the frames it decapsulates.
+
+        Also what lets a peer's forwarder redirect into this end of a veth: veth delivers
+        XDP-redirected frames only to a peer that runs an XDP program.
+        """
+        if self.nsh_rx is None:
+            self.nsh_rx = load(PROGS / "nsh_rx.c", reuse_maps={"sff_entry": self.sff.map("sff_entry")})
+        self.nsh_rx.map("rx_ifmac").update(_u32(ifindex(ns, ifname)), mac_of(ns, ifname))
+        att = attach_xdp(self.nsh_rx.program("nsh_rx"), ifname, ns=ns, mode=mode)
         self.attachments.append(att)
         return att
 
@@ -134,10 +238,15 @@ class LocalChain:
         return {(int(k) >> 8, int(k) & 0xFF): int(v["packets"]) for k, v in self.sff.map("hop_stats").items()}
 
     def counters(self) -> dict[str, int]:
+        """Packets by counter: the forwarder's (``sff_``), the classifier's (``cls_``) and NSH
+        receive's (``rx_``, all 0 until :meth:`attach_underlay`)."""
         sff = self.sff.map("sff_counters").as_array()["packets"]
         cls = self.classifier.map("cls_counters").as_array()["packets"]
+        rx = (self.nsh_rx.map("rx_counters").as_array()["packets"] if self.nsh_rx is not None
+              else np.zeros(len(RX_COUNTERS), dtype=np.uint64))
         return {**{f"sff_{n}": int(sff[i]) for i, n in enumerate(SFF_COUNTERS)},
-                **{f"cls_{n}": int(cls[i]) for i, n in enumerate(CLS_COUNTERS)}}
+                **{f"cls_{n}": int(cls[i]) for i, n in enumerate(CLS_COUNTERS)},
+                **{f"rx_{n}": int(rx[i]) for i, n in enumerate(RX_COUNTERS)}}
 
     def close(self) -> None:
         for att in self.attachments:
@@ -147,6 +256,9 @@ class LocalChain:
             inst.close()
         self.functions.clear()
         self.classifier.close()
+        if self.nsh_rx is not None:
+            self.nsh_rx.close()
+            self.nsh_rx = None
         self.sff.close()
 
     def __enter__(self) -> LocalChain:

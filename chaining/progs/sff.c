@@ -4,22 +4,73 @@
  * the classifier); each function, when done, decrements SI and tail-calls back here. The
  * forwarder looks (SPI, SI) up and either tail-calls the next function, hands the packet to
  * the host stack (end of the path) or redirects it out of an interface. Unknown (SPI, SI),
- * an exhausted TTL or a missing function are dropped and counted (RFC 8300 section 2.3). */
+ * an exhausted TTL or a missing function are dropped and counted (RFC 8300 section 2.3).
+ *
+ * When the next hop is on another host (REMOTE), the metadata becomes a real NSH on the
+ * wire (RFC 8300, MD type 1, next protocol Ethernet: the whole frame travels) under an
+ * outer Ethernet header (ethertype 0x894F) or Ethernet + IPv4 + UDP 4790 + VXLAN-GPE, and
+ * the packet is redirected out of the underlay; the peer's nsh_rx.c turns it back into
+ * metadata. */
 #include <vnfkit/bpf.h>
+#include <vnfkit/csum.h>
 
 struct vk_meta {
     __u32 spi_si;
     __u32 ttl;
 };
 
-enum sff_action { SFF_LOCAL = 1, SFF_STACK = 2, SFF_EGRESS = 3 };
+enum sff_action { SFF_LOCAL = 1, SFF_STACK = 2, SFF_EGRESS = 3, SFF_REMOTE = 4 };
 
 struct sff_next {
     __u32 action;  /* enum sff_action */
-    __u32 arg;     /* LOCAL: slot in sff_progs; EGRESS: ifindex */
+    __u32 arg;     /* LOCAL: slot in sff_progs; EGRESS: ifindex; REMOTE: unused (sff_remote) */
 };
 
-enum sff_counter { SFF_NO_META, SFF_UNKNOWN, SFF_TTL, SFF_NO_FUNCTION, SFF_DELIVERED, SFF_REDIRECTED, SFF_MAX };
+enum sff_encap { SFF_ENCAP_ETH = 1, SFF_ENCAP_VXLAN_GPE = 2 };
+
+/* A hop on another host, keyed like sff_table (SPI << 8 | SI). Addresses are kept as
+ * bytes in network order so the control plane writes them exactly as they go on the wire. */
+struct sff_remote {
+    __u32 ifindex;    /* the underlay interface to redirect out of */
+    __u8 encap;       /* enum sff_encap */
+    __u8 pad;
+    __u16 sport;      /* VXLAN-GPE: UDP source port base (host order) */
+    __u8 dmac[6];     /* the peer host's underlay MAC */
+    __u8 smac[6];     /* ours */
+    __u8 saddr[4];    /* VXLAN-GPE outer IPv4 source and destination */
+    __u8 daddr[4];
+};
+
+#define ETH_P_NSH 0x894F
+#define VXLAN_GPE_PORT 4790
+#define NSH_MD1_LEN 24        /* base 4 + service path 4 + 16 context bytes: Length 6 */
+#define NSH_NP_ETHERNET 3
+#define GPE_NP_NSH 4
+
+struct nsh_md1 {
+    __be16 ver_ttl_len;   /* Ver(2) O(1) U(1) TTL(6) Length(6) */
+    __u8 mdtype;          /* U(4) MD type(4) */
+    __u8 next_proto;
+    __be32 spi_si;
+    __u8 context[16];
+};
+
+struct vxlan_gpe {
+    __u8 flags;           /* I (VNI valid) and P (next protocol present) */
+    __u8 reserved[2];
+    __u8 next_proto;
+    __be32 vni_reserved;
+};
+
+struct gpe_outer {
+    struct ethhdr eth;
+    struct iphdr ip;
+    struct udphdr udp;
+    struct vxlan_gpe gpe;
+} __attribute__((packed));
+
+enum sff_counter { SFF_NO_META, SFF_UNKNOWN, SFF_TTL, SFF_NO_FUNCTION, SFF_DELIVERED, SFF_REDIRECTED,
+                   SFF_REMOTE_SENT, SFF_NO_REMOTE, SFF_NO_ROOM, SFF_MAX };
 
 struct counter {
     __u64 packets;
@@ -27,6 +78,7 @@ struct counter {
 };
 
 VNFKIT_MAP(sff_table, BPF_MAP_TYPE_HASH, __u32, struct sff_next, 4096);   /* SPI << 8 | SI */
+VNFKIT_MAP(sff_remote, BPF_MAP_TYPE_HASH, __u32, struct sff_remote, 4096);   /* SPI << 8 | SI */
 VNFKIT_MAP(hop_stats, BPF_MAP_TYPE_PERCPU_HASH, __u32, struct counter, 4096);
 VNFKIT_MAP(sff_counters, BPF_MAP_TYPE_PERCPU_ARRAY, __u32, struct counter, SFF_MAX);
 
@@ -61,6 +113,101 @@ static __always_inline void hop_count(__u32 spi_si, __u64 len)
     c->bytes += len;
 }
 
+/* Push NSH (+ outer headers) in front of the frame and redirect it to the next host.
+ * The metadata is stripped first: it would otherwise ride along in the xdp_frame (veth keeps
+ * it across a redirect) and the peer must rely on the NSH alone. */
+static __always_inline int sff_remote_send(struct xdp_md *ctx, __u32 spi_si, __u32 ttl, __u64 len)
+{
+    struct sff_remote *r = bpf_map_lookup_elem(&sff_remote, &spi_si);
+    if (!r) {
+        vnfkit_count(&sff_counters, SFF_NO_REMOTE, len);
+        return XDP_DROP;
+    }
+    __u32 ifindex = r->ifindex;
+    int gpe = r->encap == SFF_ENCAP_VXLAN_GPE;
+    int outer = gpe ? (int)sizeof(struct gpe_outer) : (int)sizeof(struct ethhdr);
+
+    /* A short flow hash for the outer UDP source port (RFC 7348's advice: underlay ECMP
+     * and RSS spread tunnels by it), taken from the inner IPv4 addresses when present. */
+    __u16 sport = r->sport;
+    if (gpe) {
+        void *data = (void *)(long)ctx->data;
+        struct ethhdr *ie = data;
+        struct iphdr *iip = (void *)(ie + 1);
+        if ((void *)(iip + 1) <= (void *)(long)ctx->data_end && ie->h_proto == bpf_htons(ETH_P_IP)) {
+            __u32 h = iip->saddr ^ iip->daddr;
+            h ^= h >> 16;
+            sport = (__u16)(sport + (h & 0x3fff));
+        }
+    }
+    /* The forwarder checked there are sizeof(struct vk_meta) bytes of it; nsh_rx and the
+     * classifier write exactly that much. */
+    if (bpf_xdp_adjust_meta(ctx, (int)sizeof(struct vk_meta))) {
+        vnfkit_count(&sff_counters, SFF_NO_ROOM, len);
+        return XDP_DROP;
+    }
+    if (bpf_xdp_adjust_head(ctx, -(outer + NSH_MD1_LEN))) {
+        vnfkit_count(&sff_counters, SFF_NO_ROOM, len);
+        return XDP_DROP;
+    }
+    void *data = (void *)(long)ctx->data;
+    void *end = (void *)(long)ctx->data_end;
+    struct ethhdr *eth = data;
+    if ((void *)(eth + 1) + NSH_MD1_LEN > end)
+        return XDP_DROP;
+    /* r still points into the map: a map value is not invalidated by moving the packet. */
+    __builtin_memcpy(eth->h_dest, r->dmac, ETH_ALEN);
+    __builtin_memcpy(eth->h_source, r->smac, ETH_ALEN);
+    __u16 inner_len = (__u16)(end - data) - outer - NSH_MD1_LEN;
+    struct nsh_md1 *nsh;
+    if (gpe) {
+        struct gpe_outer *o = data;
+        if ((void *)(o + 1) + NSH_MD1_LEN > end)
+            return XDP_DROP;
+        /* Fields through their own (aligned-enough) pointers rather than the packed
+         * struct's members: the checksum helper wants an iphdr pointer. */
+        struct iphdr *ip = (void *)eth + sizeof(struct ethhdr);
+        struct udphdr *udp = (void *)(ip + 1);
+        struct vxlan_gpe *g = (void *)(udp + 1);
+        eth->h_proto = bpf_htons(ETH_P_IP);
+        ip->version = 4;
+        ip->ihl = 5;
+        ip->tos = 0;
+        ip->tot_len = bpf_htons(sizeof(*ip) + sizeof(*udp) + sizeof(*g) + NSH_MD1_LEN + inner_len);
+        ip->id = 0;
+        ip->frag_off = bpf_htons(0x4000);  /* DF: an overlay must not fragment silently */
+        ip->ttl = 64;
+        ip->protocol = IPPROTO_UDP;
+        ip->check = 0;
+        __builtin_memcpy(&ip->saddr, r->saddr, 4);
+        __builtin_memcpy(&ip->daddr, r->daddr, 4);
+        ip->check = vk_ipv4_csum(ip);
+        udp->source = bpf_htons(sport);
+        udp->dest = bpf_htons(VXLAN_GPE_PORT);
+        udp->len = bpf_htons(sizeof(*udp) + sizeof(*g) + NSH_MD1_LEN + inner_len);
+        udp->check = 0;  /* allowed for UDP over IPv4 tunnels (RFC 7348 section 5) */
+        g->flags = 0x0C;  /* I and P */
+        g->reserved[0] = 0;
+        g->reserved[1] = 0;
+        g->next_proto = GPE_NP_NSH;
+        g->vni_reserved = 0;
+        nsh = (void *)(g + 1);
+    } else {
+        eth->h_proto = bpf_htons(ETH_P_NSH);
+        nsh = (void *)(eth + 1);
+    }
+    if ((void *)(nsh + 1) > end)
+        return XDP_DROP;
+    /* Version 0, O 0, TTL, Length 6 (4-byte words), MD type 1, next protocol Ethernet. */
+    nsh->ver_ttl_len = bpf_htons(((ttl & 0x3f) << 6) | (NSH_MD1_LEN / 4));
+    nsh->mdtype = 1;
+    nsh->next_proto = NSH_NP_ETHERNET;
+    nsh->spi_si = bpf_htonl(spi_si);
+    __builtin_memset(nsh->context, 0, sizeof(nsh->context));
+    vnfkit_count(&sff_counters, SFF_REMOTE_SENT, len);
+    return bpf_redirect(ifindex, 0);
+}
+
 SEC("xdp")
 int sff(struct xdp_md *ctx)
 {
@@ -93,6 +240,8 @@ int sff(struct xdp_md *ctx)
         vnfkit_count(&sff_counters, SFF_REDIRECTED, len);
         return bpf_redirect(next->arg, 0);
     }
+    if (next->action == SFF_REMOTE)
+        return sff_remote_send(ctx, key, m->ttl, len);
     vnfkit_count(&sff_counters, SFF_DELIVERED, len);
     return XDP_PASS;
 }
