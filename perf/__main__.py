@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from perf import engine, firewall, sdk
+from perf import chains, engine, firewall, sdk
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
                                      description=sdk.__doc__.splitlines()[0]))
     firewall.add_arguments(sub.add_parser("firewall", help="firewall VNF: ns/packet at 10, 1,000 and 10,000 rules",
                                           description=firewall.__doc__.splitlines()[0]))
+    chains.add_arguments(sub.add_parser("chains", help="service function paths: ns/packet and Mpps by hop count",
+                                        description=chains.__doc__.splitlines()[0]))
     args = parser.parse_args(argv)
     try:
         return args.func(args)
