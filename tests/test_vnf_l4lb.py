@@ -356,7 +356,13 @@ def test_e2e_sessions_survive_backend_changes(lab: Any) -> None:
         for sport, s in sessions.items():
             assert s.get("/2")["backend"] == first[sport], sport  # moved by the ring, kept by the conn table
         fresh = [lab.get(VIP_STICKY, 80, sport)["backend"] for sport in moving[10:20]]
-        assert fresh == ["b3"] * 10  # new flows follow the new ring
+        # New flows follow the new ring. Maglev moves most of them to the new backend, but its
+        # disruption is not minimal: a few move between the old ones, so compare with the ring.
+        by_addr = {str(b.addr4): b.name for b in lab.backends}
+        predicted = [by_addr[str(what_if.backend_for("sticky", control.flow_key(lab.client4, VIP_STICKY, sport,
+                                                                                   80)).addr)]
+                     for sport in moving[10:20]]
+        assert fresh == predicted and "b3" in fresh
 
         lb.remove_backend("sticky", lab.backends[1].addr4, HTTP)
         for sport, s in sessions.items():
