@@ -536,7 +536,7 @@ def _line(ax: Any, xs: list[int], stats: list[dict[str, Any]], label: str, color
 def plot(doc: dict[str, Any], path: Path) -> Path:
     """ns/packet vs hop count (test-run, hot and single-shot, floors and the standalone function
     as lines) and Mpps vs hop count (floor as a line)."""
-    sc, d, m, p = doc["scenarios"], doc["derived"], doc["machine"], doc["parameters"]
+    sc, d = doc["scenarios"], doc["derived"]
     fig = Figure(figsize=(12, 5.2))
     ax1, ax2 = fig.subplots(1, 2)
     xs = list(TESTRUN_HOPS)
@@ -573,22 +573,13 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
     ax2.set_title("Rate at the far end of a veth (live-frames generator)", fontsize=10)
     ax2.set_ylim(0, max(fl["max"], *(sc[f"rate_path_{n}"]["max"] for n in HOPS)) * 1.15)
     ax2.legend(fontsize=7, loc="upper right")
-    fig.suptitle(f"vnfkit chains benchmark, {doc['timestamp']}: {m['hostname']}, kernel {m['kernel']}, "
-                 f"{m['cpu_model']} ×{m['nproc']}; medians of {p['runs']} runs on one CPU, bars min–max", fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    return path
+    title = report.figure_title(doc, "chains", "medians of {runs} runs on one CPU, bars min–max")
+    return report.finish_figure(fig, title, path)
 
 
 def save(doc: dict[str, Any], out_dir: Path) -> list[Path]:
-    """Write ``chains-<UTC stamp>.json`` and the ``.png`` beside it."""
-    stem = out_dir / f"chains-{doc['timestamp']}"
-    png, js = stem.with_suffix(".png"), stem.with_suffix(".json")
-    doc["files"] = {"json": str(js), "png": str(png)}
-    plot(doc, png)
-    report.write_json(doc, js)
-    return [js, png]
+    """Write ``chains-<UTC stamp>.json`` and the ``.png`` beside it; return both paths."""
+    return report.save_run(doc, out_dir, "chains", plot)
 
 
 # ---- command line --------------------------------------------------------------------------------

@@ -301,7 +301,7 @@ COLORS = {10: "#a6bddb", 1_000: "#3690c0", 10_000: "#034e7b"}
 def plot(doc: dict[str, Any], path: Path) -> Path:
     """Two panels (kernel test-run, native batch): bars per case, one per rule count; the floor
     as a line in the kernel panel."""
-    sc, m = doc["scenarios"], doc["machine"]
+    sc = doc["scenarios"]
     fig = Figure(figsize=(12, 5.2))
     axes = fig.subplots(1, 2)
     width = 0.26
@@ -325,23 +325,13 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
         ax.set_title(title, fontsize=10)
         ax.legend(fontsize=7, loc="upper left")
         ax.set_ylim(0, max(sc[n]["max"] for n in sc if n.startswith(path_name)) * 1.25)
-    p = doc["parameters"]
-    fig.suptitle(f"vnfkit firewall benchmark, {doc['timestamp']}: {m['hostname']}, kernel {m['kernel']}, "
-                 f"{m['cpu_model']} ×{m['nproc']}; medians of {p['runs']} runs on one CPU, bars min–max", fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    return path
+    title = report.figure_title(doc, "firewall", "medians of {runs} runs on one CPU, bars min–max")
+    return report.finish_figure(fig, title, path)
 
 
 def save(doc: dict[str, Any], out_dir: Path) -> list[Path]:
-    """Write ``firewall-<UTC stamp>.json`` and the ``.png`` beside it."""
-    stem = out_dir / f"firewall-{doc['timestamp']}"
-    png, js = stem.with_suffix(".png"), stem.with_suffix(".json")
-    doc["files"] = {"json": str(js), "png": str(png)}
-    plot(doc, png)
-    report.write_json(doc, js)
-    return [js, png]
+    """Write ``firewall-<UTC stamp>.json`` and the ``.png`` beside it; return both paths."""
+    return report.save_run(doc, out_dir, "firewall", plot)
 
 
 # ---- command line ------------------------------------------------------------------------------

@@ -51,6 +51,32 @@ def _runs(text: str) -> int:
     return n
 
 
+def save_run(doc: dict[str, Any], out_dir: Path, benchmark: str, plot: Any) -> list[Path]:
+    """Write ``<benchmark>-<UTC stamp>.json`` and the PNG ``plot(doc, path)`` draws beside it;
+    return both paths (recorded in the document too)."""
+    stem = out_dir / f"{benchmark}-{doc['timestamp']}"
+    png, js = stem.with_suffix(".png"), stem.with_suffix(".json")
+    doc["files"] = {"json": str(js), "png": str(png)}
+    plot(doc, png)
+    write_json(doc, js)
+    return [js, png]
+
+
+def figure_title(doc: dict[str, Any], benchmark: str, what: str = "medians of {runs} runs, bars min–max") -> str:
+    """The line every plot carries: which benchmark, when, on what machine."""
+    m = doc["machine"]
+    return (f"vnfkit {benchmark} benchmark, {doc['timestamp']}: {m['hostname']}, kernel {m['kernel']}, "
+            f"{m['cpu_model']} ×{m['nproc']}; " + what.format(runs=doc["parameters"]["runs"]))
+
+
+def finish_figure(fig: Any, title: str, path: Path) -> Path:
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return path
+
+
 def summary(values: Sequence[float]) -> dict[str, Any]:
     """``{"values", "median", "min", "max"}`` of per-run values."""
     if not values:

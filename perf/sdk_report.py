@@ -212,9 +212,4 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
 
 def save(doc: dict[str, Any], out_dir: Path) -> list[Path]:
     """Write ``sdk-<UTC stamp>.json`` and the ``.png`` beside it; return both paths."""
-    stem = out_dir / f"sdk-{doc['timestamp']}"
-    png, js = stem.with_suffix(".png"), stem.with_suffix(".json")
-    doc["files"] = {"json": str(js), "png": str(png)}
-    plot(doc, png)
-    report.write_json(doc, js)
-    return [js, png]
+    return report.save_run(doc, out_dir, "sdk", plot)
