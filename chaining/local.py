@@ -40,6 +40,7 @@ FIRST_SI = 255
 DEFAULT_TTL = 63
 MAX_FUNCTIONS = 64     # sff_progs slots
 TAIL_CALL_LIMIT = 33   # the kernel's MAX_TAIL_CALL_CNT
+HOP_STATS_SLOTS = 4096  # hop_stats entries in sff.c
 MAX_LOCAL_HOPS = (TAIL_CALL_LIMIT - 1) // 2  # 16
 SFF_LOCAL, SFF_STACK, SFF_EGRESS, SFF_REMOTE = 1, 2, 3, 4
 SFF_COUNTERS = ("no_meta", "unknown", "ttl", "no_function", "delivered", "redirected",
@@ -130,6 +131,7 @@ class LocalChain:
         self.classifier: BpfObject = load(PROGS / "classifier.c", reuse_maps={"sff_entry": entry})
         self.functions: dict[str, tuple[int, KernelInstance]] = {}
         self.paths: dict[int, list[str]] = {}
+        self._hop_slots: dict[tuple[int, int], int] = {}
         self.first_si: dict[int, int] = {}
         self.attachments: list[Attachment] = []
         self.nsh_rx: BpfObject | None = None  # loaded by the first attach_underlay()
@@ -195,13 +197,14 @@ class LocalChain:
         hops = []
         for i, name in enumerate(functions):
             si = first_si - i
-            table[(spi << 8) | si] = {"action": SFF_LOCAL, "arg": self.functions[name][0]}
+            table[(spi << 8) | si] = {"action": SFF_LOCAL, "arg": self.functions[name][0],
+                                      "stats": self._stats_slot(spi, si)}
             hops.append(Hop(spi, si, name))
         si = first_si - len(functions)
         if end == "remote":
             # The parameters first: the forwarder must never see REMOTE without them.
             self.sff.map("sff_remote").update(_u32((spi << 8) | si), remote_value)
-        table[(spi << 8) | si] = {"action": last[0], "arg": last[1]}
+        table[(spi << 8) | si] = {"action": last[0], "arg": last[1], "stats": self._stats_slot(spi, si)}
         hops.append(Hop(spi, si, f"<{end}>"))
         self.paths[spi] = list(functions)
         self.first_si[spi] = first_si
@@ -233,9 +236,19 @@ class LocalChain:
         self.attachments.append(att)
         return att
 
+    def _stats_slot(self, spi: int, si: int) -> int:
+        """The hop_stats slot of (SPI, SI): one per installed hop, never reused while loaded."""
+        key = (spi, si)
+        if key not in self._hop_slots:
+            if len(self._hop_slots) >= HOP_STATS_SLOTS:
+                raise ChainError(f"more than {HOP_STATS_SLOTS} hops installed on this host")
+            self._hop_slots[key] = len(self._hop_slots)
+        return self._hop_slots[key]
+
     def hop_stats(self) -> dict[tuple[int, int], int]:
-        """Packets the forwarder handed on, by (SPI, SI)."""
-        return {(int(k) >> 8, int(k) & 0xFF): int(v["packets"]) for k, v in self.sff.map("hop_stats").items()}
+        """Packets the forwarder handed on, by (SPI, SI), for the hops that have seen any."""
+        packets = self.sff.map("hop_stats").as_array()["packets"]
+        return {key: int(packets[slot]) for key, slot in self._hop_slots.items() if packets[slot]}
 
     def counters(self) -> dict[str, int]:
         """Packets by counter: the forwarder's (``sff_``), the classifier's (``cls_``) and NSH
