@@ -359,6 +359,11 @@ class _Checker:
     def warn(self, at: YamlPath, message: str) -> None:
         self.loader.warnings.append(Problem(self.shown, *_nearest(self.doc.positions, at), format_path(at), message))
 
+    def section(self, name: str) -> list[Any]:
+        """A section's items, or none if the section is not a list (the schema has said so)."""
+        value = self.data.get(name)
+        return value if isinstance(value, list) else []
+
     def items(self, section: str) -> Iterator[tuple[YamlPath, dict[str, Any]]]:
         """The items of a section the schema accepted (an item with schema errors is not re-judged)."""
         value = self.data.get(section)
@@ -399,7 +404,7 @@ class _Checker:
                         # Kept as a marker so a hop naming it can say why it cannot expand.
                         expansions[fid] = []
         # Ids of items the schema refused still count as declared: a hop naming one is not dangling.
-        for i, item in enumerate(self.data.get("functions") or []):
+        for i, item in enumerate(self.section("functions")):
             if isinstance(item, dict) and isinstance(item.get("id"), str):
                 declared.setdefault(item["id"], ("functions", i))
 
@@ -425,7 +430,7 @@ class _Checker:
                 else:
                     hops += expansions.get(hop) or []
             paths.append(ServicePath(pid, hops, bool(item.get("symmetric", False))))
-        for i, item in enumerate(self.data.get("paths") or []):
+        for i, item in enumerate(self.section("paths")):
             if isinstance(item, dict) and isinstance(item.get("id"), str):
                 path_ids.setdefault(item["id"], ("paths", i))
 
