@@ -44,18 +44,18 @@ from vnfkit.descriptor import (
     DescriptorError,
     Problem,
     Value,
+    YamlDocument,
     YamlPath,
-    _describe,
-    _Document,
-    _explain,
-    _fullmatch_pattern,
-    _kind,
-    _nearest,
-    _parse_yaml,
-    _read,
     config_values,
+    describe_value,
+    explain_schema_error,
     format_path,
+    fullmatch_pattern,
+    kind_of,
     load_descriptor,
+    nearest_position,
+    parse_yaml,
+    read_descriptor_text,
 )
 
 SCHEMA_PATH = Path(__file__).parent / "schema" / "service.schema.json"
@@ -151,24 +151,25 @@ def schema() -> dict[str, Any]:
 
 @cache
 def _validator() -> Any:
-    cls = validators.extend(Draft202012Validator, {"pattern": _fullmatch_pattern})
+    cls = validators.extend(Draft202012Validator, {"pattern": fullmatch_pattern})
     return cls(schema())
 
 
-def _explain_any(err: ValidationError, doc: _Document) -> list[tuple[YamlPath, str]]:
+def _explain_any(err: ValidationError, doc: YamlDocument) -> list[tuple[YamlPath, str]]:
     # jsonschema's anyOf message dumps the sub-schemas; the field's description says it better.
     if err.validator == "anyOf":
         what = err.schema.get("description", "see the schema")
-        return [(tuple(err.absolute_path), f"{_describe(err.instance)} is not valid: {what}")]
-    return _explain(err, doc)
+        return [(tuple(err.absolute_path), f"{describe_value(err.instance)} is not valid: {what}")]
+    return explain_schema_error(err, doc)
 
 
-def _schema_problems(doc: _Document, file: str) -> tuple[list[Problem], set[YamlPath]]:
+def _schema_problems(doc: YamlDocument, file: str) -> tuple[list[Problem], set[YamlPath]]:
     found: dict[tuple[YamlPath, str], None] = {}  # ordered, de-duplicated
     for err in _validator().iter_errors(doc.data):
         for path, message in _explain_any(err, doc):
             found[(path, message)] = None
-    problems = [Problem(file, *_nearest(doc.positions, path), format_path(path), message) for path, message in found]
+    problems = [Problem(file, *nearest_position(doc.positions, path), format_path(path), message)
+                for path, message in found]
     return problems, {path for path, _ in found}
 
 
@@ -224,7 +225,7 @@ def _parse_match(match: dict[str, Any], at: YamlPath) -> tuple[Match | None, lis
             try:
                 nets[key] = ipaddress.ip_network(match[key], strict=True)
             except ValueError as exc:
-                out.append(((*at, key), f"{_describe(match[key])} is not a prefix such as '10.0.0.0/8': {exc}"))
+                out.append(((*at, key), f"{describe_value(match[key])} is not a prefix such as '10.0.0.0/8': {exc}"))
     if len({n.version for n in nets.values()}) > 1:
         out.append(((*at, "src"), "src and dst are of different IP versions; no packet can match both"))
     proto = match.get("proto")
@@ -325,17 +326,17 @@ class _Loader:
         if not exists:
             self.errors.append(Problem(shown, 0, 0, "", "no such file (a service is described in a service.yaml)"))
             return None
-        text, problems = _read(file)
+        text, problems = read_descriptor_text(file)
         doc = None
         if text is not None:
-            doc, problems = _parse_yaml(text, shown)
+            doc, problems = parse_yaml(text, shown)
         self.errors += problems
         if doc is None:
             return None
         if not isinstance(doc.data, dict):
             self.errors.append(Problem(shown, *doc.positions.get((), (1, 1)), "",
                                        f"a service must be a mapping of fields (name: ..., functions: ...), "
-                                       f"not {_kind(doc.data)}"))
+                                       f"not {kind_of(doc.data)}"))
             return None
         problems, bad = _schema_problems(doc, shown)
         self.errors += problems
@@ -347,17 +348,19 @@ class _Loader:
 class _Checker:
     """The checks a schema cannot express, on one service file, and its flattening."""
 
-    def __init__(self, loader: _Loader, doc: _Document, file: Path, shown: str, stack: tuple[Path, ...],
+    def __init__(self, loader: _Loader, doc: YamlDocument, file: Path, shown: str, stack: tuple[Path, ...],
                  bad: set[YamlPath]) -> None:
         self.loader, self.doc, self.file, self.shown, self.bad = loader, doc, file, shown, bad
         self.stack = (*stack, file.resolve())
         self.data: dict[str, Any] = doc.data
 
     def error(self, at: YamlPath, message: str) -> None:
-        self.loader.errors.append(Problem(self.shown, *_nearest(self.doc.positions, at), format_path(at), message))
+        where = nearest_position(self.doc.positions, at)
+        self.loader.errors.append(Problem(self.shown, *where, format_path(at), message))
 
     def warn(self, at: YamlPath, message: str) -> None:
-        self.loader.warnings.append(Problem(self.shown, *_nearest(self.doc.positions, at), format_path(at), message))
+        where = nearest_position(self.doc.positions, at)
+        self.loader.warnings.append(Problem(self.shown, *where, format_path(at), message))
 
     def section(self, name: str) -> list[Any]:
         """A section's items, or none if the section is not a list (the schema has said so)."""

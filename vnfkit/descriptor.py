@@ -214,7 +214,7 @@ def parse_value(ptype: str, value: object, *, text: bool = False) -> Value:
     if ptype in INT_RANGES:
         number = _as_int(value, text)
         if number is None:
-            raise ValueError(f"expected an integer for {ptype}, got {_describe(value)}")
+            raise ValueError(f"expected an integer for {ptype}, got {describe_value(value)}")
         lo, hi = INT_RANGES[ptype]
         if number > hi:
             raise ValueError(f"{number} is greater than the maximum {hi} of {ptype}")
@@ -226,7 +226,7 @@ def parse_value(ptype: str, value: object, *, text: bool = False) -> Value:
             return value
         if text and isinstance(value, str) and value.strip().lower() in _BOOL_WORDS:
             return _BOOL_WORDS[value.strip().lower()]
-        raise ValueError(f"expected true or false for bool, got {_describe(value)}")
+        raise ValueError(f"expected true or false for bool, got {describe_value(value)}")
     if ptype in ("ipv4", "ipv6"):
         if isinstance(value, ipaddress.IPv4Address | ipaddress.IPv6Address):
             value = str(value)
@@ -239,11 +239,11 @@ def parse_value(ptype: str, value: object, *, text: bool = False) -> Value:
                 return str(kind(value))
             except ValueError:
                 pass
-        raise ValueError(f"{_describe(value)} is not an IPv{ptype[-1]} address (like {example})")
+        raise ValueError(f"{describe_value(value)} is not an IPv{ptype[-1]} address (like {example})")
     if ptype == "mac":
         if isinstance(value, str) and _MAC.fullmatch(value):
             return value.lower().replace("-", ":")
-        raise ValueError(f"{_describe(value)} is not a MAC address (six hex pairs like 02:00:00:00:00:01)")
+        raise ValueError(f"{describe_value(value)} is not a MAC address (six hex pairs like 02:00:00:00:00:01)")
     raise ValueError(f"unknown parameter type {ptype!r}")
 
 
@@ -266,7 +266,7 @@ def _as_int(value: object, text: bool) -> int | None:
     return None
 
 
-def _describe(value: object) -> str:
+def describe_value(value: object) -> str:
     if isinstance(value, str):
         return repr(value) if len(value) <= 60 else repr(value[:57]) + "..."
     if value is None:
@@ -275,10 +275,10 @@ def _describe(value: object) -> str:
         return "true" if value else "false"
     if isinstance(value, int | float):
         return str(value)
-    return _kind(value)
+    return kind_of(value)
 
 
-def _kind(value: object) -> str:
+def kind_of(value: object) -> str:
     if isinstance(value, bool):
         return "a boolean"
     if isinstance(value, int | float):
@@ -312,7 +312,7 @@ class _Loader(yaml.SafeLoader):
             raise
         except Exception as exc:
             tag = node.tag.rsplit(":", 1)[-1]
-            shown = _describe(node.value) if isinstance(node.value, str) else "this value"
+            shown = describe_value(node.value) if isinstance(node.value, str) else "this value"
             message = f"cannot read {shown} as {tag}"
             raise yaml.constructor.ConstructorError(None, None, message, node.start_mark) from exc
 
@@ -327,7 +327,7 @@ class _Stop(Exception):
 
 
 @dataclass
-class _Document:
+class YamlDocument:
     """A parsed YAML document and, for every path in it, where it was written."""
 
     data: Any
@@ -397,7 +397,7 @@ def _pos(mark: yaml.Mark | None) -> tuple[int, int]:
     return (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
 
 
-def _parse_yaml(text: str, file: str) -> tuple[_Document | None, list[Problem]]:
+def parse_yaml(text: str, file: str) -> tuple[YamlDocument | None, list[Problem]]:
     """YAML text -> data with positions, or the problems that stop it from being read."""
     loader: _Loader | None = None
     try:
@@ -411,7 +411,7 @@ def _parse_yaml(text: str, file: str) -> tuple[_Document | None, list[Problem]]:
         if walker.duplicates:
             return None, [Problem(file, *_pos(mark), format_path(path), msg) for path, mark, msg in walker.duplicates]
         data = loader.construct_document(root)
-        return _Document(data, walker.positions, walker.texts), []
+        return YamlDocument(data, walker.positions, walker.texts), []
     except _Stop as stop:
         return None, [Problem(file, *_pos(stop.mark), "", stop.message)]
     except yaml.MarkedYAMLError as exc:
@@ -452,7 +452,7 @@ def schema() -> dict[str, Any]:
     return json.loads(SCHEMA_PATH.read_text())
 
 
-def _fullmatch_pattern(validator: Any, pattern: str, instance: Any, _schema: Any) -> Iterator[ValidationError]:
+def fullmatch_pattern(validator: Any, pattern: str, instance: Any, _schema: Any) -> Iterator[ValidationError]:
     # JSON Schema patterns use re.search, and Python's '$' also matches before a final newline;
     # a name like "fw\n" would pass and then break C code and file names.
     if validator.is_type(instance, "string") and re.fullmatch(pattern, instance) is None:
@@ -461,7 +461,7 @@ def _fullmatch_pattern(validator: Any, pattern: str, instance: Any, _schema: Any
 
 @cache
 def _validator() -> Any:
-    cls = validators.extend(Draft202012Validator, {"pattern": _fullmatch_pattern})
+    cls = validators.extend(Draft202012Validator, {"pattern": fullmatch_pattern})
     return cls(schema())
 
 
@@ -469,27 +469,27 @@ _TYPE_WORDS = {"string": "a string", "integer": "an integer", "number": "a numbe
                "array": "a list", "object": "a mapping", "null": "null"}
 
 
-def _schema_problems(doc: _Document, file: str) -> tuple[list[Problem], set[YamlPath]]:
+def _schema_problems(doc: YamlDocument, file: str) -> tuple[list[Problem], set[YamlPath]]:
     """Schema errors as positioned problems, and the set of paths they concern."""
     found: dict[tuple[YamlPath, str], None] = {}  # ordered, de-duplicated
     for err in _validator().iter_errors(doc.data):
-        for path, message in _explain(err, doc):
+        for path, message in explain_schema_error(err, doc):
             found[(path, message)] = None
     problems = []
     for path, message in found:
-        line, col = _nearest(doc.positions, path)
+        line, col = nearest_position(doc.positions, path)
         problems.append(Problem(file, line, col, format_path(path), message))
     return problems, {path for path, _ in found}
 
 
-def _nearest(positions: Mapping[YamlPath, tuple[int, int]], path: YamlPath) -> tuple[int, int]:
+def nearest_position(positions: Mapping[YamlPath, tuple[int, int]], path: YamlPath) -> tuple[int, int]:
     for n in range(len(path), -1, -1):
         if path[:n] in positions:
             return positions[path[:n]]
     return (1, 1)
 
 
-def _explain(err: ValidationError, doc: _Document) -> list[tuple[YamlPath, str]]:
+def explain_schema_error(err: ValidationError, doc: YamlDocument) -> list[tuple[YamlPath, str]]:
     """Turn a jsonschema error into (path, message) pairs a VNF developer can act on."""
     path: YamlPath = tuple(err.absolute_path)
     kind, value, inst = err.validator, err.validator_value, err.instance
@@ -531,7 +531,7 @@ def _explain(err: ValidationError, doc: _Document) -> list[tuple[YamlPath, str]]
         return [(path, f"is longer than {value} characters")]
     if kind == "uniqueItems" and isinstance(inst, list):
         dup = next((a for i, a in enumerate(inst) if a in inst[:i]), None)
-        return [(path, f"lists {_describe(dup)} more than once")]
+        return [(path, f"lists {describe_value(dup)} more than once")]
     if kind == "minimum":
         return [(path, f"{shown} is less than the minimum {value}")]
     if kind == "maximum":
@@ -541,10 +541,10 @@ def _explain(err: ValidationError, doc: _Document) -> list[tuple[YamlPath, str]]
     return [(path, err.message)]
 
 
-def _shown(inst: Any, doc: _Document, path: YamlPath) -> tuple[str, str | None]:
+def _shown(inst: Any, doc: YamlDocument, path: YamlPath) -> tuple[str, str | None]:
     """A value as the developer wrote it, and what YAML made of it when that differs: YAML reads
     `on` as true and `1.10` as the number 1.1, which explains many a surprising error."""
-    shown = _describe(inst)
+    shown = describe_value(inst)
     written = doc.texts.get(path)
     if written is not None and not isinstance(inst, str) and written != shown:
         return written, f"YAML reads it as {shown}"
@@ -672,19 +672,19 @@ def load_descriptor(path: str | Path) -> Descriptor:
     except (OSError, ValueError) as exc:
         raise DescriptorError([Problem(str(path), 0, 0, "", f"cannot use this path: {exc}")]) from None
     file = str(yaml_path)
-    text, problems = _read(yaml_path)
+    text, problems = read_descriptor_text(yaml_path)
     doc = None
     if text is not None:
-        doc, problems = _parse_yaml(text, file)
+        doc, problems = parse_yaml(text, file)
     if doc is not None and not isinstance(doc.data, dict):
         line, col = doc.positions.get((), (1, 1))
         problems = [Problem(file, line, col, "", "the descriptor must be a mapping of fields (name: ..., vendor: ...),"
-                                                 f" not {_kind(doc.data)}")]
+                                                 f" not {kind_of(doc.data)}")]
         doc = None
     if doc is not None:
         problems, bad = _schema_problems(doc, file)
         for at, message in _semantic(doc.data, folder, bad):
-            problems.append(Problem(file, *_nearest(doc.positions, at), format_path(at), message))
+            problems.append(Problem(file, *nearest_position(doc.positions, at), format_path(at), message))
     # The folder's own files matter whatever the YAML says, so report them in every case.
     if folder.is_dir():
         for name, what in REQUIRED_FILES.items():
@@ -696,7 +696,7 @@ def load_descriptor(path: str | Path) -> Descriptor:
     return _build(doc, folder, file)
 
 
-def _read(yaml_path: Path) -> tuple[str | None, list[Problem]]:
+def read_descriptor_text(yaml_path: Path) -> tuple[str | None, list[Problem]]:
     file = str(yaml_path)
     try:
         with open(yaml_path, "rb") as fh:
@@ -715,7 +715,7 @@ def _read(yaml_path: Path) -> tuple[str | None, list[Problem]]:
         return None, [Problem(file, line, col, "", f"not UTF-8 text (byte 0x{data[exc.start]:02x})")]
 
 
-def _build(doc: _Document, folder: Path, file: str) -> Descriptor:
+def _build(doc: YamlDocument, folder: Path, file: str) -> Descriptor:
     """The typed Descriptor from checked data, with the schema's defaults applied."""
     data: dict[str, Any] = doc.data
     props = schema()["properties"]
