@@ -35,6 +35,7 @@ setup(
     package_data={
         "datapath": ["include/*.h", "include/vnfkit/*.h", "progs/*.c", "native/*.c"],
         "vnfkit": ["schema/*.json", "skeleton/*", "skeleton/tests/*"],
+        "chaining": ["progs/*.c", "progs/*.h", "schema/*.json"],
     },
     setup_requires=["cffi"],
     cffi_modules=["datapath/_libbpf_build.py:ffibuilder"],

@@ -4,12 +4,7 @@
  * give SPI and the first SI; the packet gets them as XDP metadata (no header is pushed:
  * hops inside the host cost a tail call, not an encapsulation) and goes to the forwarder.
  * Traffic no rule matches goes to the host stack untouched. */
-#include <vnfkit/bpf.h>
-
-struct vk_meta {
-    __u32 spi_si;
-    __u32 ttl;
-};
+#include "chain.h"
 
 struct cls_key {
     __u32 prefixlen;
@@ -23,11 +18,6 @@ struct cls_path {
 
 enum cls_counter { CLS_MATCHED, CLS_UNMATCHED, CLS_NOT_IPV4, CLS_NO_ROOM, CLS_NO_FORWARDER, CLS_MAX };
 
-struct counter {
-    __u64 packets;
-    __u64 bytes;
-};
-
 struct {
     __uint(type, BPF_MAP_TYPE_LPM_TRIE);
     __uint(map_flags, BPF_F_NO_PREALLOC);
@@ -37,14 +27,6 @@ struct {
 } cls_rules SEC(".maps");
 
 VNFKIT_MAP(cls_counters, BPF_MAP_TYPE_PERCPU_ARRAY, __u32, struct counter, CLS_MAX);
-
-/* Reuses the forwarder's sff_entry: slot 0 is the forwarder. */
-struct {
-    __uint(type, BPF_MAP_TYPE_PROG_ARRAY);
-    __uint(key_size, sizeof(__u32));
-    __uint(value_size, sizeof(__u32));
-    __uint(max_entries, 1);
-} sff_entry SEC(".maps");
 
 SEC("xdp")
 int classifier(struct xdp_md *ctx)

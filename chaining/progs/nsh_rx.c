@@ -8,12 +8,7 @@
  * (the frame was addressed to the previous host's gateway; at the end of the path our stack
  * must take it as its own), and hands SPI/SI/TTL to the forwarder as XDP metadata. Every
  * malformed frame is dropped and counted by its reason; non-NSH traffic passes untouched. */
-#include <vnfkit/bpf.h>
-
-struct vk_meta {
-    __u32 spi_si;
-    __u32 ttl;
-};
+#include "chain.h"
 
 #define ETH_P_NSH 0x894F
 #define VXLAN_GPE_PORT 4790
@@ -29,20 +24,6 @@ struct nsh_base {
     __be32 spi_si;
 };
 
-struct vxlan_gpe {
-    __u8 flags;
-    __u8 reserved[2];
-    __u8 next_proto;
-    __be32 vni_reserved;
-};
-
-struct gpe_outer {
-    struct ethhdr eth;
-    struct iphdr ip;
-    struct udphdr udp;
-    struct vxlan_gpe gpe;
-} __attribute__((packed));
-
 struct rx_mac {
     __u8 addr[6];
 };
@@ -55,22 +36,9 @@ enum rx_counter {
     RX_MAX
 };
 
-struct counter {
-    __u64 packets;
-    __u64 bytes;
-};
-
 /* The receiving interface's own MAC, by ifindex: the inner frame's new destination. */
 VNFKIT_MAP(rx_ifmac, BPF_MAP_TYPE_HASH, __u32, struct rx_mac, 64);
 VNFKIT_MAP(rx_counters, BPF_MAP_TYPE_PERCPU_ARRAY, __u32, struct counter, RX_MAX);
-
-/* Reuses the forwarder's sff_entry: slot 0 is the forwarder. */
-struct {
-    __uint(type, BPF_MAP_TYPE_PROG_ARRAY);
-    __uint(key_size, sizeof(__u32));
-    __uint(value_size, sizeof(__u32));
-    __uint(max_entries, 1);
-} sff_entry SEC(".maps");
 
 static __always_inline int rx_drop(__u32 reason, __u64 len)
 {

@@ -11,13 +11,8 @@
  * outer Ethernet header (ethertype 0x894F) or Ethernet + IPv4 + UDP 4790 + VXLAN-GPE, and
  * the packet is redirected out of the underlay; the peer's nsh_rx.c turns it back into
  * metadata. */
-#include <vnfkit/bpf.h>
+#include "chain.h"
 #include <vnfkit/csum.h>
-
-struct vk_meta {
-    __u32 spi_si;
-    __u32 ttl;
-};
 
 enum sff_action { SFF_LOCAL = 1, SFF_STACK = 2, SFF_EGRESS = 3, SFF_REMOTE = 4 };
 
@@ -56,27 +51,8 @@ struct nsh_md1 {
     __u8 context[16];
 };
 
-struct vxlan_gpe {
-    __u8 flags;           /* I (VNI valid) and P (next protocol present) */
-    __u8 reserved[2];
-    __u8 next_proto;
-    __be32 vni_reserved;
-};
-
-struct gpe_outer {
-    struct ethhdr eth;
-    struct iphdr ip;
-    struct udphdr udp;
-    struct vxlan_gpe gpe;
-} __attribute__((packed));
-
 enum sff_counter { SFF_NO_META, SFF_UNKNOWN, SFF_TTL, SFF_NO_FUNCTION, SFF_DELIVERED, SFF_REDIRECTED,
                    SFF_REMOTE_SENT, SFF_NO_REMOTE, SFF_NO_ROOM, SFF_MAX };
-
-struct counter {
-    __u64 packets;
-    __u64 bytes;
-};
 
 VNFKIT_MAP(sff_table, BPF_MAP_TYPE_HASH, __u32, struct sff_next, 4096);   /* SPI << 8 | SI */
 VNFKIT_MAP(sff_remote, BPF_MAP_TYPE_HASH, __u32, struct sff_remote, 4096);   /* SPI << 8 | SI */
@@ -92,15 +68,6 @@ struct {
     __uint(value_size, sizeof(__u32));
     __uint(max_entries, 64);
 } sff_progs SEC(".maps");
-
-/* Slot 0 holds this program: every function's vk_chain and the classifier reuse this map,
- * so "go back to the forwarder" is one tail call. */
-struct {
-    __uint(type, BPF_MAP_TYPE_PROG_ARRAY);
-    __uint(key_size, sizeof(__u32));
-    __uint(value_size, sizeof(__u32));
-    __uint(max_entries, 1);
-} sff_entry SEC(".maps");
 
 static __always_inline void hop_count(__u32 slot, __u64 len)
 {

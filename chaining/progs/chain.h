@@ -1,0 +1,42 @@
+/* chain.h: what the classifier, the forwarder and nsh_rx share, declared once. */
+#ifndef VNFKIT_CHAIN_H
+#define VNFKIT_CHAIN_H
+
+#include <vnfkit/bpf.h>
+
+/* SPI/SI in XDP metadata between local hops; the same layout as vnfkit.h's struct vk_meta. */
+struct vk_meta {
+    __u32 spi_si;   /* SPI << 8 | SI, host order */
+    __u32 ttl;      /* hops left; the forwarder drops the packet at 0 */
+};
+
+struct counter {
+    __u64 packets;
+    __u64 bytes;
+};
+
+/* VXLAN-GPE (draft-ietf-nvo3-vxlan-gpe) and the outer headers around it. */
+struct vxlan_gpe {
+    __u8 flags;           /* I (VNI valid) and P (next protocol present) */
+    __u8 reserved[2];
+    __u8 next_proto;
+    __be32 vni_reserved;
+};
+
+struct gpe_outer {
+    struct ethhdr eth;
+    struct iphdr ip;
+    struct udphdr udp;
+    struct vxlan_gpe gpe;
+} __attribute__((packed));
+
+/* Slot 0 holds the forwarder. The forwarder's object creates it; the classifier, nsh_rx
+ * and every function (as vk_chain) reuse it, so "go to the forwarder" is one tail call. */
+struct {
+    __uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+    __uint(key_size, sizeof(__u32));
+    __uint(value_size, sizeof(__u32));
+    __uint(max_entries, 1);
+} sff_entry SEC(".maps");
+
+#endif
