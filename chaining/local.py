@@ -128,7 +128,9 @@ class LocalChain:
         self.sff: BpfObject = load(PROGS / "sff.c")
         entry = self.sff.map("sff_entry")
         self._set_prog(entry, 0, self.sff.program("sff"))
-        self.classifier: BpfObject = load(PROGS / "classifier.c", reuse_maps={"sff_entry": entry})
+        # chain.h's maps: one of each per host, created by the forwarder's object.
+        self._shared = {"sff_entry": entry, "rev_flows": self.sff.map("rev_flows")}
+        self.classifier: BpfObject = load(PROGS / "classifier.c", reuse_maps=self._shared)
         self.functions: dict[str, tuple[int, KernelInstance]] = {}
         self.paths: dict[int, list[str]] = {}
         self._hop_slots: dict[tuple[int, int], int] = {}
@@ -230,7 +232,7 @@ class LocalChain:
         XDP-redirected frames only to a peer that runs an XDP program.
         """
         if self.nsh_rx is None:
-            self.nsh_rx = load(PROGS / "nsh_rx.c", reuse_maps={"sff_entry": self.sff.map("sff_entry")})
+            self.nsh_rx = load(PROGS / "nsh_rx.c", reuse_maps=self._shared)
         self.nsh_rx.map("rx_ifmac").update(_u32(ifindex(ns, ifname)), mac_of(ns, ifname))
         att = attach_xdp(self.nsh_rx.program("nsh_rx"), ifname, ns=ns, mode=mode)
         self.attachments.append(att)

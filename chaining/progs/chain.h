@@ -30,6 +30,34 @@ struct gpe_outer {
     struct vxlan_gpe gpe;
 } __attribute__((packed));
 
+/* A flow by its IPv4 5-tuple, ports 0 for protocols without them. */
+struct flow_key {
+    __be32 saddr;
+    __be32 daddr;
+    __be16 sport;
+    __be16 dport;
+    __u8 proto;
+    __u8 pad[3];
+};
+
+/* Where the classifier starts a packet: the (SPI, SI) of its first hop, and its TTL. */
+struct cls_path {
+    __u32 spi_si;  /* SPI << 8 | SI of the path's first hop */
+    __u32 ttl;
+};
+
+/* Symmetric chains (RFC 7665 section 2.2): at the end of a forward path the forwarder
+ * records the reply's 5-tuple (the packet's as it leaves the path, reversed) with the
+ * reverse path's start on this host; the classifier looks replies up here before its rules,
+ * so a reply goes back through the same instances even after NAT or load balancing changed
+ * its addresses. The forwarder's object creates it, the classifier reuses it. */
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __type(key, struct flow_key);
+    __type(value, struct cls_path);
+    __uint(max_entries, 65536);
+} rev_flows SEC(".maps");
+
 /* Slot 0 holds the forwarder. The forwarder's object creates it; the classifier, nsh_rx
  * and every function (as vk_chain) reuse it, so "go to the forwarder" is one tail call. */
 struct {

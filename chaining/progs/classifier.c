@@ -11,11 +11,6 @@ struct cls_key {
     __u8 daddr[4];
 };
 
-struct cls_path {
-    __u32 spi_si;  /* SPI << 8 | SI of the path's first hop */
-    __u32 ttl;
-};
-
 enum cls_counter { CLS_MATCHED, CLS_UNMATCHED, CLS_NOT_IPV4, CLS_NO_ROOM, CLS_NO_FORWARDER, CLS_MAX };
 
 struct {
