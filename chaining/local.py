@@ -71,7 +71,9 @@ class RemoteHop:
     ``peer_mac`` is the peer host's underlay MAC (outer destination). ``encap`` is ``"eth"``
     (NSH right after Ethernet, ethertype 0x894F) or ``"vxlan-gpe"`` (outer IPv4
     ``src_ip`` -> ``dst_ip``, UDP to 4790, VXLAN-GPE next protocol NSH); ``sport`` is the base
-    of the outer UDP source port, to which a hash of the inner addresses is added.
+    of the outer UDP source port, to which a hash of the inner addresses is added. ``mdtype``
+    1 sends the fixed 16 context bytes (zeros); 2 sends no context or, with ``tlv``, one
+    context header (RFC 8300 section 2.5.1).
     """
 
     ns: str | None
@@ -81,6 +83,8 @@ class RemoteHop:
     src_ip: str | None = None
     dst_ip: str | None = None
     sport: int = 49152
+    mdtype: int = 1
+    tlv: tuple[int, int, bytes] | None = None  # MD type 2: one context header (class, type, 4-byte value)
 
 
 def _u32(value: int) -> bytes:
@@ -117,8 +121,19 @@ def _remote_value(hop: RemoteHop) -> bytes:
         saddr, daddr = (ipaddress.IPv4Address(a).packed for a in (hop.src_ip, hop.dst_ip))
     if not 0 <= hop.sport <= 0xFFFF - 0x3FFF:
         raise ChainError(f"sport {hop.sport}: the flow hash adds up to 0x3fff, so at most {0xFFFF - 0x3FFF}")
-    return struct.pack("=IBBH6s6s4s4s", ifindex(hop.ns, hop.ifname), ENCAPS[hop.encap], 0, hop.sport,
-                       _mac(hop.peer_mac), mac_of(hop.ns, hop.ifname), saddr, daddr)
+    if hop.mdtype not in (1, 2):
+        raise ChainError(f"mdtype must be 1 or 2, not {hop.mdtype!r}")
+    tlv_class, tlv_type, tlv_value = hop.tlv or (0, 0, bytes(4))
+    if hop.tlv is not None:
+        if hop.mdtype != 2:
+            raise ChainError("a context TLV needs mdtype=2")
+        if not (0 <= tlv_class <= 0xFFFF and 0 <= tlv_type <= 0xFF) or (tlv_class, tlv_type) == (0, 0):
+            raise ChainError(f"TLV class {tlv_class} / type {tlv_type}: class is 16 bits, type 8, not both 0")
+        if len(tlv_value) != 4:
+            raise ChainError(f"the forwarder sends a 4-byte TLV value, not {len(tlv_value)} bytes")
+    return (struct.pack("=IBBH6s6s4s4s", ifindex(hop.ns, hop.ifname), ENCAPS[hop.encap], hop.mdtype,
+                        hop.sport, _mac(hop.peer_mac), mac_of(hop.ns, hop.ifname), saddr, daddr)
+            + struct.pack("!HBx4s", tlv_class, tlv_type, tlv_value))
 
 
 class LocalChain:
@@ -132,9 +147,10 @@ class LocalChain:
         self._shared = {"sff_entry": entry, "rev_flows": self.sff.map("rev_flows")}
         self.classifier: BpfObject = load(PROGS / "classifier.c", reuse_maps=self._shared)
         self.functions: dict[str, tuple[int, KernelInstance]] = {}
-        self.paths: dict[int, list[str]] = {}
+        # SPI -> {first SI: functions}: a path that comes back to a host has two segments here.
+        self.paths: dict[int, dict[int, list[str]]] = {}
         self._hop_slots: dict[tuple[int, int], int] = {}
-        self.first_si: dict[int, int] = {}
+        self.first_si: dict[int, int] = {}  # SPI -> the highest first SI of its segments here
         self.attachments: list[Attachment] = []
         self.nsh_rx: BpfObject | None = None  # loaded by the first attach_underlay()
 
@@ -143,28 +159,61 @@ class LocalChain:
         # A program array's values are program fds going in (ids coming out): raw u32s.
         prog_array.update(_u32(slot), _u32(prog.fd))
 
+    def _free_slot(self) -> int:
+        used = {slot for slot, _ in self.functions.values()}
+        for slot in range(MAX_FUNCTIONS):
+            if slot not in used:
+                return slot
+        raise ChainError(f"at most {MAX_FUNCTIONS} functions per host")
+
     def load(self, name: str, folder: str | Path, config: dict[str, Any] | None = None) -> KernelInstance:
         """Load a VNF as a function of this host's chains (its vk_chain is the forwarder)."""
         if name in self.functions:
             raise ChainError(f"a function called '{name}' is already loaded")
-        slot = len(self.functions)
-        if slot >= MAX_FUNCTIONS:
-            raise ChainError(f"at most {MAX_FUNCTIONS} functions per host")
+        slot = self._free_slot()
         inst = KernelInstance(folder, config, reuse_maps={"vk_chain": self.sff.map("sff_entry")})
         self._set_prog(self.sff.map("sff_progs"), slot, inst.obj.program("vnf_xdp"))
         self.functions[name] = (slot, inst)
         return inst
 
+    def replace(self, name: str, folder: str | Path, config: dict[str, Any] | None = None) -> KernelInstance:
+        """Swap function ``name`` for a new instance of ``folder`` in one prog-array update:
+        every path through it goes on to the new program at once, with no packet lost or
+        sent to neither. The old instance is returned, still loaded (packets may be inside it
+        on another CPU): close it after a moment (``HostDataPath`` waits for the drain)."""
+        if name not in self.functions:
+            raise ChainError(f"no function called '{name}' (loaded: {sorted(self.functions)})")
+        slot, old = self.functions[name]
+        inst = KernelInstance(folder, config, reuse_maps={"vk_chain": self.sff.map("sff_entry")})
+        self._set_prog(self.sff.map("sff_progs"), slot, inst.obj.program("vnf_xdp"))
+        self.functions[name] = (slot, inst)
+        return old
+
+    def unload(self, name: str) -> None:
+        """Remove a function no path uses any more; its slot is free for the next load."""
+        users = sorted(spi for spi, segs in self.paths.items() if any(name in f for f in segs.values()))
+        if users:
+            raise ChainError(f"function '{name}' is on path(s) {users}: remove them first")
+        slot, inst = self.functions.pop(name)
+        self.sff.map("sff_progs").delete(_u32(slot))
+        inst.close()
+
     def add_path(self, spi: int, functions: list[str], *, end: str = "stack",
                  egress: tuple[str | None, str] | None = None, first_si: int = FIRST_SI,
-                 remote: RemoteHop | None = None) -> list[Hop]:
+                 remote: RemoteHop | None = None, reverse: tuple[int, int] | None = None,
+                 reverse_ttl: int = DEFAULT_TTL) -> list[Hop]:
         """Install path ``spi`` through ``functions`` in order; at its end the packet goes to the
         host stack (``end="stack"``), out of ``egress=(netns, ifname)`` (``end="egress"``) or,
         in NSH, to the host that runs the rest of the path (``end="remote"``,
         ``remote=RemoteHop(...)``).
 
         ``first_si`` is the SI of this host's first function: a host running the middle or the
-        end of a path installs its segment from the SI the previous host sent.
+        end of a path installs its segment from the SI the previous host sent. A path that
+        comes back to this host installs one segment per visit (same SPI, other SIs).
+
+        ``reverse=(spi, si)``, on the segment where a symmetric path ends: the forwarder
+        records each flow's reply 5-tuple there, and the classifier starts replies at that
+        (SPI, SI), the reverse path's first hop on this host.
         """
         if not 0 < spi < 1 << 24:
             raise ChainError(f"SPI {spi} out of range (1 .. 2^24-1)")
@@ -172,8 +221,15 @@ class LocalChain:
             # SI counts down once per function and cannot go below 0 at the path's end.
             raise ChainError(f"first_si {first_si}: {len(functions)} function(s) need "
                              f"{len(functions)} .. {FIRST_SI}")
-        if spi in self.paths:
-            raise ChainError(f"SPI {spi} is already a path ({' -> '.join(self.paths[spi])})")
+        for si0, fns in self.paths.get(spi, {}).items():
+            if si0 - len(fns) <= first_si and first_si - len(functions) <= si0:
+                raise ChainError(f"SPI {spi} SI {first_si}..{first_si - len(functions)} overlaps its segment "
+                                 f"SI {si0}..{si0 - len(fns)} ({' -> '.join(fns) or 'no function'})")
+        if reverse is not None:
+            if end == "remote":
+                raise ChainError("reverse= belongs on the segment where the path ends, not one that goes on")
+            if not (0 < reverse[0] < 1 << 24 and 0 < reverse[1] <= FIRST_SI):
+                raise ChainError(f"reverse {reverse}: (SPI 1 .. 2^24-1, SI 1 .. {FIRST_SI})")
         if 2 * len(functions) + 1 > TAIL_CALL_LIMIT:
             # classifier -> sff, then sff -> f and f -> sff for every function: 2n + 1 tail calls
             raise ChainError(f"path {spi} has {len(functions)} functions; one host takes at most "
@@ -206,11 +262,36 @@ class LocalChain:
         if end == "remote":
             # The parameters first: the forwarder must never see REMOTE without them.
             self.sff.map("sff_remote").update(_u32((spi << 8) | si), remote_value)
-        table[(spi << 8) | si] = {"action": last[0], "arg": last[1], "stats": self._stats_slot(spi, si)}
+        rev_spi_si = (reverse[0] << 8) | reverse[1] if reverse else 0
+        table[(spi << 8) | si] = {"action": last[0], "arg": last[1], "stats": self._stats_slot(spi, si),
+                                  "reverse_spi_si": rev_spi_si, "reverse_ttl": reverse_ttl if reverse else 0}
         hops.append(Hop(spi, si, f"<{end}>"))
-        self.paths[spi] = list(functions)
-        self.first_si[spi] = first_si
+        self.paths.setdefault(spi, {})[first_si] = list(functions)
+        self.first_si[spi] = max(self.paths[spi])
         return hops
+
+    def remove_path(self, spi: int, first_si: int | None = None) -> None:
+        """Delete path ``spi``'s entries on this host (one segment with ``first_si``, or all).
+        Packets still carrying the SPI are then dropped as unknown: switch the classifier
+        away from it first (``HostDataPath`` does)."""
+        segs = self.paths.get(spi, {})
+        chosen = [first_si] if first_si is not None else list(segs)
+        missing = [si for si in chosen if si not in segs]
+        if not segs or missing:
+            raise ChainError(f"no path {spi}" + (f" segment at SI {missing[0]}" if segs else ""))
+        table, remote = self.sff.map("sff_table"), self.sff.map("sff_remote")
+        for si0 in chosen:
+            for si in range(si0, si0 - len(segs[si0]) - 1, -1):
+                key = (spi << 8) | si
+                for m, k in ((table, key), (remote, _u32(key))):
+                    if k in m:
+                        del m[k]
+            del segs[si0]
+        if segs:
+            self.first_si[spi] = max(segs)
+        else:
+            del self.paths[spi]
+            del self.first_si[spi]
 
     def classify(self, dst_prefix: str, spi: int, ttl: int = DEFAULT_TTL) -> None:
         """Start traffic to ``dst_prefix`` (IPv4) on path ``spi``."""

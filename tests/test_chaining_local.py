@@ -122,7 +122,7 @@ def test_bad_paths_are_refused(lab: dict) -> None:
         with pytest.raises(ChainError, match=r"unknown function\(s\) \['nope'\]"):
             chain.add_path(1, ["blocker", "nope"])
         chain.add_path(1, ["blocker"])
-        with pytest.raises(ChainError, match="SPI 1 is already a path"):
+        with pytest.raises(ChainError, match="SPI 1 SI 255..254 overlaps its segment"):
             chain.add_path(1, ["blocker"])
         with pytest.raises(ChainError, match="split it across hosts"):
             chain.add_path(2, ["blocker"] * 20)
