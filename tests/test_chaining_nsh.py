@@ -26,7 +26,7 @@ from scapy.layers.l2 import Ether
 from scapy.utils import wrpcap
 
 from chaining.local import DEFAULT_TTL, LocalChain, RemoteHop, mac_of
-from chaining.nsh import ETHERTYPE_NSH, VXLAN_GPE_PORT, vxlan_gpe
+from chaining.nsh import ETHERTYPE_NSH, VXLAN_GPE_PORT, decode, vxlan_gpe
 from datapath import netns
 from datapath.attach import attach_xdp
 from datapath.objects import load
@@ -71,18 +71,23 @@ def lab(topo, tmp_path: Path):  # noqa: ANN001, ANN201
             "inner": c, "outer": s, "blocker": tmp_path / "blocker"}
 
 
-def remote_hop(lab: dict, encap: str) -> RemoteHop:
+# The MD types the forwarder sends: the fixed context of type 1, type 2 without context, and
+# type 2 with one context header (an experimental class, RFC 8300 section 9.1.4).
+MD = {"md1": {}, "md2": {"mdtype": 2}, "md2-tlv": {"mdtype": 2, "tlv": (0xFFF6, 0x42, b"\x00\x00\x30\x39")}}
+
+
+def remote_hop(lab: dict, encap: str, md: str = "md1") -> RemoteHop:
     u = lab["u"]
     peer = mac_of(lab["hostB"], u.ifname_b).hex(":")
-    return RemoteHop(lab["hostA"], u.ifname_a, peer, encap=encap, src_ip=u.addr_a, dst_ip=u.addr_b)
+    return RemoteHop(lab["hostA"], u.ifname_a, peer, encap=encap, src_ip=u.addr_a, dst_ip=u.addr_b, **MD[md])
 
 
-def host_a_chain(lab: dict, encap: str) -> LocalChain:
+def host_a_chain(lab: dict, encap: str, md: str = "md1") -> LocalChain:
     """hostA: classifier on the client side, [blocker], then NSH to hostB."""
     chain = LocalChain()
     try:
         chain.load("blocker", lab["blocker"])
-        hops = chain.add_path(SPI, ["blocker"], end="remote", remote=remote_hop(lab, encap))
+        hops = chain.add_path(SPI, ["blocker"], end="remote", remote=remote_hop(lab, encap, md))
         assert [(h.si, h.function) for h in hops] == [(255, "blocker"), (254, "<remote>")]
         chain.classify(f"{lab['s'].addr_b}/32", SPI)
         chain.attach(lab["hostA"], lab["c"].ifname_b)
@@ -106,9 +111,9 @@ def host_b_chain(lab: dict) -> LocalChain:
     return chain
 
 
-@pytest.mark.parametrize("encap", ENCAPS)
-def test_tcp_crosses_hosts_in_nsh(lab: dict, encap: str) -> None:
-    with host_a_chain(lab, encap) as a, host_b_chain(lab) as b:
+@pytest.mark.parametrize(("encap", "md"), [("eth", "md1"), ("vxlan-gpe", "md1"), ("eth", "md2-tlv")])
+def test_tcp_crosses_hosts_in_nsh(lab: dict, encap: str, md: str) -> None:
+    with host_a_chain(lab, encap, md) as a, host_b_chain(lab) as b:
         assert tcp_transfer(lab, 300_000) == 300_000
 
         sent = a.functions["blocker"][1].counters()["rx"][0]
@@ -144,15 +149,16 @@ def _read_nsh(sock: socket.socket, want: int, timeout: float) -> list[bytes]:
     return frames
 
 
-@pytest.mark.parametrize("encap", ENCAPS)
-def test_tshark_and_scapy_read_the_nsh_on_the_wire(lab: dict, encap: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("encap", "md"), [("eth", "md1"), ("vxlan-gpe", "md1"), ("eth", "md2"),
+                                           ("vxlan-gpe", "md2-tlv")])
+def test_tshark_and_scapy_read_the_nsh_on_the_wire(lab: dict, encap: str, md: str, tmp_path: Path) -> None:
     # A frame redirected out of a veth by XDP never passes the sender's packet taps, and at
     # the receiver nsh_rx pops the NSH before the taps see it; so here hostB's underlay runs
     # a pass-through XDP program (veth still needs one to take redirected frames) and the
     # capture on it sees the NSH exactly as hostA's forwarder wrote it.
     count = 6
     u = lab["u"]
-    with load(ROOT / "datapath" / "progs" / "xdp_pass.c") as tap, host_a_chain(lab, encap) as a:
+    with load(ROOT / "datapath" / "progs" / "xdp_pass.c") as tap, host_a_chain(lab, encap, md) as a:
         att = attach_xdp(tap.program("xdp_pass"), u.ifname_b, ns=lab["hostB"])
         try:
             with netns.enter(lab["hostB"]):
@@ -168,11 +174,22 @@ def test_tshark_and_scapy_read_the_nsh_on_the_wire(lab: dict, encap: str, tmp_pa
 
     pcap = tmp_path / f"{encap}.pcap"
     wrpcap(str(pcap), [Ether(f) for f in frames])
+    mdtype = MD[md].get("mdtype", 1)
+    tlv = MD[md].get("tlv")
+    words = 6 if mdtype == 1 else 4 if tlv else 2
     out = subprocess.run(["tshark", "-r", str(pcap), "-T", "fields", "-e", "nsh.spi", "-e", "nsh.si", "-e", "nsh.ttl",
-                          "-e", "nsh.mdtype", "-e", "nsh.nextproto", "-e", "nsh.length"],
+                          "-e", "nsh.mdtype", "-e", "nsh.nextproto", "-e", "nsh.length", "-e", "nsh.metadataclass",
+                          "-e", "nsh.metadatatype", "-e", "nsh.metadatalen", "-e", "nsh.metadata"],
                          capture_output=True, text=True, check=True).stdout.splitlines()
-    rows = [[int(v.split(",")[0], 0) for v in line.split("\t")] for line in out]
-    assert rows == [[SPI, 254, WIRE_TTL, 1, 3, 6]] * count
+    rows = [line.split("\t") for line in out]
+    assert [[int(v, 0) for v in r[:6]] for r in rows] == [[SPI, 254, WIRE_TTL, mdtype, 3, words]] * count
+    want_tlv = [str(tlv[0]), str(tlv[1]), "4", tlv[2].hex()] if tlv else ["", "", "", ""]
+    got_tlv = [r[6:] for r in rows]
+    for g in got_tlv:  # tshark prints numbers in hex or decimal and the value with colons, by version
+        for i in range(3):
+            g[i] = str(int(g[i], 0)) if g[i] else ""
+        g[3] = g[3].replace(":", "")
+    assert got_tlv == [want_tlv] * count
 
     a_mac, b_mac = mac_of(lab["hostA"], u.ifname_a), mac_of(lab["hostB"], u.ifname_b)
     for f in frames:
@@ -193,7 +210,9 @@ def test_tshark_and_scapy_read_the_nsh_on_the_wire(lab: dict, encap: str, tmp_pa
             nsh_bytes = f[50:]
         nsh = NSH(nsh_bytes)
         assert (nsh.ver, nsh.spi, nsh.si, nsh.ttl, nsh.mdtype, nsh.nextproto, nsh.length) == \
-            (0, SPI, 254, WIRE_TTL, 1, 3, 6)
+            (0, SPI, 254, WIRE_TTL, mdtype, 3, words)
+        ours = decode(nsh_bytes)[0]  # the project's own codec agrees
+        assert [(t.md_class, t.type, t.value) for t in ours.tlvs] == ([tlv] if tlv else [])
         inner = nsh[Ether]  # next protocol 3: the client's whole frame
         assert (inner[IP].dst, inner[UDP].dport, bytes(inner[UDP].payload)) == \
             (lab["s"].addr_b, 9000, b"nsh-on-the-wire")
