@@ -50,7 +50,7 @@ RX_COUNTERS = ("not_nsh", "eth", "vxlan_gpe", "bad_version", "bad_length", "mdty
                "mdtype_unknown", "bad_nextproto", "ttl_expired", "no_mac", "no_room", "no_forwarder")
 ENCAPS = {"eth": 1, "vxlan-gpe": 2}   # sff.c's enum sff_encap
 SIOCGIFHWADDR = 0x8927
-CLS_COUNTERS = ("matched", "unmatched", "not_ipv4", "no_room", "no_forwarder")
+CLS_COUNTERS = ("matched", "unmatched", "not_ipv4", "no_room", "no_forwarder", "reply")
 
 
 class ChainError(VnfkitError):
@@ -166,25 +166,30 @@ class LocalChain:
                 return slot
         raise ChainError(f"at most {MAX_FUNCTIONS} functions per host")
 
-    def load(self, name: str, folder: str | Path, config: dict[str, Any] | None = None) -> KernelInstance:
-        """Load a VNF as a function of this host's chains (its vk_chain is the forwarder)."""
+    def instance(self, folder: str | Path, config: dict[str, Any] | None = None) -> KernelInstance:
+        """Load (and verify) a VNF for this host's chains without putting it on any: its vk_chain
+        is the forwarder. ``load`` or ``swap`` then makes it a function."""
+        return KernelInstance(folder, config, reuse_maps={"vk_chain": self.sff.map("sff_entry")})
+
+    def load(self, name: str, folder: str | Path | KernelInstance, config: dict[str, Any] | None = None
+             ) -> KernelInstance:
+        """Load a VNF (or take an ``instance()``) as function ``name`` of this host's chains."""
         if name in self.functions:
             raise ChainError(f"a function called '{name}' is already loaded")
         slot = self._free_slot()
-        inst = KernelInstance(folder, config, reuse_maps={"vk_chain": self.sff.map("sff_entry")})
+        inst = folder if isinstance(folder, KernelInstance) else self.instance(folder, config)
         self._set_prog(self.sff.map("sff_progs"), slot, inst.obj.program("vnf_xdp"))
         self.functions[name] = (slot, inst)
         return inst
 
-    def replace(self, name: str, folder: str | Path, config: dict[str, Any] | None = None) -> KernelInstance:
-        """Swap function ``name`` for a new instance of ``folder`` in one prog-array update:
-        every path through it goes on to the new program at once, with no packet lost or
-        sent to neither. The old instance is returned, still loaded (packets may be inside it
-        on another CPU): close it after a moment (``HostDataPath`` waits for the drain)."""
+    def swap(self, name: str, inst: KernelInstance) -> KernelInstance:
+        """Put ``inst`` in function ``name``'s place in one prog-array update: every path through
+        it goes on to the new program at once, with no packet lost or sent to neither. The old
+        instance is returned still loaded (a packet may be inside it on another CPU): close it
+        after a moment (``HostDataPath`` waits for the drain)."""
         if name not in self.functions:
             raise ChainError(f"no function called '{name}' (loaded: {sorted(self.functions)})")
         slot, old = self.functions[name]
-        inst = KernelInstance(folder, config, reuse_maps={"vk_chain": self.sff.map("sff_entry")})
         self._set_prog(self.sff.map("sff_progs"), slot, inst.obj.program("vnf_xdp"))
         self.functions[name] = (slot, inst)
         return old

@@ -37,6 +37,9 @@ from typing import Any
 
 from jsonschema import Draft202012Validator, ValidationError, validators
 
+from datapath.errors import VnfkitError
+from vnfkit.control import check as control_check
+
 # Private helpers of the VNF descriptor loader, reused so both descriptors share one YAML
 # position engine and one wording for schema errors.
 from vnfkit.descriptor import (
@@ -80,6 +83,7 @@ class Function:
     folder: Path  # the VNF folder, absolute
     config: dict[str, Value]  # the overrides as written, checked against the VNF's parameters
     source: str  # the service.yaml that declared it
+    control: dict[str, Any] | None = None  # for the VNF's control.py configure() (vnfkit.control)
 
 
 @dataclass(frozen=True)
@@ -395,12 +399,12 @@ class _Checker:
                     functions.append(fn)
                     expansions[fid] = [fid]
             else:
-                if "config" in item:
-                    self.error((*at, "config"), "config applies to a VNF, not to a constituent service")
+                for key in ("config", "control"):
+                    if key in item:
+                        self.error((*at, key), f"{key} applies to a VNF, not to a constituent service")
                 inner = self._constituent(at, item)
                 if inner is not None:
-                    functions += [Function(f"{fid}.{f.id}", f.name, f.vnf, f.folder, f.config, f.source)
-                                  for f in inner.functions]
+                    functions += [dataclasses.replace(f, id=f"{fid}.{f.id}") for f in inner.functions]
                     if len(inner.paths) == 1:
                         expansions[fid] = [f"{fid}.{h}" for h in inner.paths[0].hops]
                     else:
@@ -473,13 +477,26 @@ class _Checker:
             self.error((*at, "vnf"), why or "not a VNF")
             return None
         config = item.get("config") or {}
+        control = item.get("control")
+        implied: dict[str, Any] = {}
+        if control is not None:
+            try:
+                implied = control_check(desc.folder, control)
+            except VnfkitError as exc:
+                self.error((*at, "control"), str(exc))
+                return None
+            both = sorted(set(implied) & set(config))
+            if both:
+                self.error((*at, "config"), f"{', '.join(both)}: set by both config and control; keep one")
+                return None
         try:
-            config_values(desc, config)
+            config_values(desc, {**implied, **config})
         except DescriptorError as exc:
             for p in exc.problems:
                 self.error((*at, "config", p.path), f"{desc.name}: {p.message}")
             return None
-        return Function(item["id"], item["id"], desc.name, desc.folder, dict(config), self.shown)
+        return Function(item["id"], item["id"], desc.name, desc.folder, dict(config), self.shown,
+                        dict(control) if control is not None else None)
 
     def _constituent(self, at: YamlPath, item: dict[str, Any]) -> Service | None:
         ref = item["service"]

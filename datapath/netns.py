@@ -325,6 +325,12 @@ class Topology:
                         ipaddress.IPv4Interface((net.network_address + 2, 30)))
         raise RuntimeError(f"{ADDR_RANGE} exhausted")
 
+    def spare_addresses(self) -> tuple[str, str]:
+        """Two addresses of a /30 no interface of this topology uses (and none will): for
+        addresses that live only in tables, such as a load balancer's VIP or a NAT pool."""
+        a, b = self._allocate()
+        return str(a.ip), str(b.ip)
+
     def add_veth(self, ns_a: str | None, ns_b: str | None,
                  name_a: str | None = None, name_b: str | None = None,
                  addr_a: str | None = None, addr_b: str | None = None,

@@ -11,7 +11,7 @@ struct cls_key {
     __u8 daddr[4];
 };
 
-enum cls_counter { CLS_MATCHED, CLS_UNMATCHED, CLS_NOT_IPV4, CLS_NO_ROOM, CLS_NO_FORWARDER, CLS_MAX };
+enum cls_counter { CLS_MATCHED, CLS_UNMATCHED, CLS_NOT_IPV4, CLS_NO_ROOM, CLS_NO_FORWARDER, CLS_REPLY, CLS_MAX };
 
 struct {
     __uint(type, BPF_MAP_TYPE_LPM_TRIE);
@@ -47,9 +47,24 @@ int classifier(struct xdp_md *ctx)
         vnfkit_count(&cls_counters, CLS_NOT_IPV4, len);
         return XDP_PASS;
     }
-    struct cls_key key = {.prefixlen = 32};
-    __builtin_memcpy(key.daddr, &ip->daddr, 4);
-    struct cls_path *path = bpf_map_lookup_elem(&cls_rules, &key);
+    struct flow_key fk = {.saddr = ip->saddr, .daddr = ip->daddr, .proto = ip->protocol};
+    __u32 hlen = ip->ihl * 4;
+    if ((ip->protocol == IPPROTO_TCP || ip->protocol == IPPROTO_UDP) && hlen >= sizeof(*ip) &&
+        !(ip->frag_off & bpf_htons(0x1fff))) {
+        __be16 *ports = (void *)ip + hlen;
+        if ((void *)(ports + 2) > end)
+            return XDP_PASS;
+        fk.sport = ports[0];
+        fk.dport = ports[1];
+    }
+    __u32 counter = CLS_REPLY;
+    struct cls_path *path = bpf_map_lookup_elem(&rev_flows, &fk);
+    if (!path) {
+        struct cls_key key = {.prefixlen = 32};
+        __builtin_memcpy(key.daddr, &ip->daddr, 4);
+        path = bpf_map_lookup_elem(&cls_rules, &key);
+        counter = CLS_MATCHED;
+    }
     if (!path) {
         vnfkit_count(&cls_counters, CLS_UNMATCHED, len);
         return XDP_PASS;
@@ -67,7 +82,7 @@ int classifier(struct xdp_md *ctx)
         return XDP_PASS;
     m->spi_si = spi_si;
     m->ttl = ttl;
-    vnfkit_count(&cls_counters, CLS_MATCHED, len);
+    vnfkit_count(&cls_counters, counter, len);
     bpf_tail_call(ctx, &sff_entry, 0);
     vnfkit_count(&cls_counters, CLS_NO_FORWARDER, len);
     return XDP_PASS;

@@ -404,3 +404,19 @@ def connections(tables: Mapping[str, Any]) -> list[dict[str, Any]]:
                     "dport": dport, "last_seen": int(value["last_seen"]), "rule": None if rule == 0xFFFFFFFF else rule,
                     "state": "closing" if int(value["state"]) else "open"})
     return out
+
+
+# ---- the uniform entry point (vnfkit.control) -----------------------------------------------------
+def configure(spec: Mapping[str, Any], tables: Mapping[str, Any], state: Any = None) -> tuple[dict[str, Any], Any]:
+    """A service's ``control:`` for a firewall: ``{"rules": "allow tcp ...\\n deny ...", "default":
+    "allow"|"deny", "stateful": bool, ...policy_config's other keywords}``. Writes the rules
+    into ``tables``; returns the config values and the compiled rule set."""
+    known = ("rules", "default", "stateful", "fragments", "non_ip", *TIMEOUTS)
+    unknown = sorted(set(spec) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown setting(s) {unknown} (known: {', '.join(known)})")
+    text = spec.get("rules", "")
+    rs = compile_rules("\n".join(text) if isinstance(text, list) else str(text))
+    policy = policy_config(**{k: v for k, v in spec.items() if k != "rules"})
+    apply(tables, rs)
+    return policy, rs

@@ -484,3 +484,13 @@ def _infer_family(entries: list[Any]) -> int:
         if isinstance(entry, Mapping) and "addr" in entry:
             return family_of(_parse_addr(entry["addr"], "addr"))
     return 4
+
+
+def configure(spec: Mapping[str, Any], tables: Mapping[str, Any],
+              state: LoadBalancer | None = None) -> tuple[dict[str, Any], LoadBalancer]:
+    """A service's ``control:`` for l4lb (``LoadBalancer.apply``'s spec). The LoadBalancer is
+    the state kept between calls, so a later spec changes only what differs and established
+    flows keep their backends (the uniform entry point of ``vnfkit.control``)."""
+    lb = state if state is not None else LoadBalancer(tables)
+    lb.apply(spec)
+    return {}, lb

@@ -369,3 +369,11 @@ def _forwards(items: Any, inside: list[ipaddress.IPv4Network], pool: tuple[ipadd
         if len(problems) == bad:
             out.append(fwd)
     return out
+
+
+def configure(spec: Mapping[str, Any], tables: Mapping[str, Table], state: Any = None) -> tuple[dict[str, Any], Any]:
+    """A service's ``control:`` for nat (the spec of the module docstring): writes the tables,
+    returns the config values and the plan (the uniform entry point of ``vnfkit.control``)."""
+    p = plan(spec)
+    apply(p, tables)
+    return dict(p.config), p
