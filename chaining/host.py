@@ -48,6 +48,16 @@ class _Function:
     state: Any = None  # what the VNF's control.py configure() keeps between calls
 
 
+@dataclass
+class _Pending:
+    """A prepared plan: what commit switches to, and how to undo the prepare."""
+
+    plan: HostPlan
+    undo: list[Callable[[], None]]
+    swaps: list[tuple[str, KernelInstance, FunctionSpec, Any]]
+    rules: list[Any]
+
+
 def _config(inst: KernelInstance, spec: FunctionSpec, state: Any) -> Any:
     """Write ``spec``'s control tables and config into ``inst``; the control state."""
     implied: dict[str, Any] = {}
@@ -66,6 +76,9 @@ class HostDataPath:
         self.plan: HostPlan | None = None
         self._functions: dict[str, _Function] = {}
         self._attached: dict[tuple[str, str], Attachment] = {}  # (kind, ifname) -> attachment
+        self._pending: _Pending | None = None
+        self._retired_plans: list[HostPlan | None] = []
+        self._retired_instances: list[KernelInstance] = []
 
     # ---- checks -----------------------------------------------------------------------------
     def _check(self, plan: HostPlan) -> None:
@@ -118,8 +131,19 @@ class HostDataPath:
 
     # ---- apply ------------------------------------------------------------------------------
     def apply(self, plan: HostPlan) -> None:
-        """Make this host's data path match ``plan`` (see the module doc); ApplyError, with the
-        host unchanged, if any step before the switch fails."""
+        """Make this host's data path match ``plan``: ``prepare``, ``commit``, a drain, ``cleanup``
+        (see the module doc). ApplyError, with the host unchanged, if the prepare fails."""
+        self.prepare(plan)
+        self.commit()
+        time.sleep(self.drain)
+        self.cleanup()
+
+    def prepare(self, plan: HostPlan) -> None:
+        """Phase 1: load, verify and install everything ``plan`` adds, with no packet switched to
+        it yet. ApplyError (host as it was) on any failure. Across hosts, prepare them all
+        before committing any, so a path's later hosts know its SPI before traffic takes it."""
+        if self._pending is not None:
+            raise ApplyError("a prepared plan is waiting: commit() or abort() it first")
         self._check(plan)
         undo: list[Callable[[], None]] = []
         swaps: list[tuple[str, KernelInstance, FunctionSpec, Any]] = []
@@ -133,18 +157,40 @@ class HostDataPath:
             if isinstance(exc, VnfkitError | LookupError | OSError):
                 raise ApplyError(f"plan refused, nothing changed: {exc}") from exc
             raise
-        # Commit: each switch is one map update.
-        old_instances = []
-        for fid, inst, spec, state in swaps:
-            old_instances.append(self.chain.swap(fid, inst))
+        self._pending = _Pending(plan, undo, swaps, rules)
+
+    def abort(self) -> None:
+        """Undo a ``prepare`` that will not be committed (another host failed)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            self._undo(pending.undo)
+            for _, inst, _, _ in pending.swaps:
+                inst.close()
+
+    def commit(self) -> None:
+        """Phase 2: the switches, each atomic for packets: replaced functions' prog-array slots,
+        then the classifier's rule set."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            raise ApplyError("nothing prepared to commit")
+        for fid, inst, spec, state in pending.swaps:
+            self._retired_instances.append(self.chain.swap(fid, inst))
             self._functions[fid] = _Function(spec, state)
-        self._set_rules(rules)
-        previous = self.plan
-        self.plan = plan
-        time.sleep(self.drain)
-        self._cleanup(previous, plan)
-        for inst in old_instances:
+        self._set_rules(pending.rules)
+        self._retired_plans.append(self.plan)
+        self.plan = pending.plan
+
+    def cleanup(self) -> None:
+        """Phase 3, once packets that entered the old state have left it (a drain after the last
+        host's commit): remove what the committed plan no longer has."""
+        if self.plan is None:
+            return
+        for previous in self._retired_plans:
+            self._cleanup(previous, self.plan)
+        self._retired_plans.clear()
+        for inst in self._retired_instances:
             inst.close()
+        self._retired_instances.clear()
 
     def _undo(self, undo: list[Callable[[], None]]) -> None:
         for fn in reversed(undo):
@@ -266,6 +312,10 @@ class HostDataPath:
                 "hops": hops, "paths": paths, "host": self.chain.counters()}
 
     def close(self) -> None:
+        self.abort()
+        for inst in self._retired_instances:
+            inst.close()
+        self._retired_instances.clear()
         self._attached.clear()
         self.chain.close()
         self._functions.clear()

@@ -13,9 +13,11 @@ cross to hostA in NSH, and run nat (back to the client) and the firewall.
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -30,6 +32,7 @@ from datapath import netns
 pytestmark = pytest.mark.kernel
 ROOT = Path(__file__).resolve().parent.parent
 UNDERLAY_MTU = 1600
+SO_RCVBUFFORCE = 33  # <asm-generic/socket.h>; Python does not name it
 PLACEMENT = {"fw": "A", "nat": "A", "lb": "B", "mon": "B"}
 SERVICE = """\
 descriptor_version: vnfkit/service/v1
@@ -188,3 +191,131 @@ def test_a_bad_plan_changes_nothing(lab: dict) -> None:
         assert a.counters()["functions"].keys() == before
         data, _, _ = echo(lab, 10_000)
         assert len(data) == 10_000  # still running as before
+
+
+STREAM = """\
+descriptor_version: vnfkit/service/v1
+name: stream
+vendor: org.vnfkit.tests
+version: 1.0.0
+description: a path that changes under traffic
+functions:
+  - {{id: fw, vnf: firewall, config: {{default_allow: true}}}}
+  - {{id: mon, vnf: monitor}}
+  - {{id: mon2, vnf: monitor}}
+paths:
+  - {{id: p, hops: [{hops}]}}
+classifier:
+  - {{path: p, match: {{dst: "{dst}/32"}}}}
+"""
+
+
+class _Stream:
+    """UDP datagrams numbered 0, 1, 2, ... from the client to the server until stopped; the
+    server keeps every number it receives."""
+
+    def __init__(self, lab: dict, port: int = 9100) -> None:
+        with netns.enter(lab["server"]):
+            self.rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.rx.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 32 << 20)  # root may exceed rmem_max
+        self.rx.bind((lab["s"].addr_b, port))
+        self.rx.settimeout(1.0)
+        with netns.enter(lab["client"]):
+            self.tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.dst = (lab["s"].addr_b, port)
+        self.sent = 0
+        self.got: list[int] = []
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._send), threading.Thread(target=self._recv)]
+
+    def _send(self) -> None:
+        while not self.stop.is_set():
+            for _ in range(20):  # ~20 kpps: well under what the receiver's socket drains
+                self.tx.sendto(self.sent.to_bytes(8, "big") + bytes(56), self.dst)
+                self.sent += 1
+            time.sleep(0.001)
+
+    def _recv(self) -> None:
+        while True:
+            try:
+                data = self.rx.recv(2048)
+            except TimeoutError:
+                if self.stop.is_set():
+                    return
+                continue
+            self.got.append(int.from_bytes(data[:8], "big"))
+
+    def __enter__(self) -> _Stream:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(10)
+        self.rx.close()
+        self.tx.close()
+
+
+def test_zero_loss_while_a_hop_is_swapped_and_the_path_changes(lab: dict, topo, tmp_path: Path) -> None:  # noqa: ANN001
+    dst = lab["s"].addr_b
+    topo.add_route(lab["client"], f"{dst}/32", gateway=lab["c"].addr_b)
+    placement = {"fw": "A", "mon": "B", "mon2": "B"}
+
+    def stream_plans(hops: str, first_spi: int) -> dict[str, HostPlan]:
+        path = tmp_path / f"stream{first_spi}.yaml"
+        path.write_text(STREAM.format(hops=hops, dst=dst))
+        service = load_service(path)
+        return host_plans(compile_paths(service, placement, first_spi=first_spi), service, lab["wiring"])
+
+    def switch(a: HostDataPath, b: HostDataPath, p: dict[str, HostPlan]) -> None:
+        # The orchestrator's order: prepare everywhere, commit everywhere, drain, clean up.
+        b.prepare(p["B"])
+        a.prepare(p["A"])
+        a.commit()
+        b.commit()
+        time.sleep(0.05)
+        a.cleanup()
+        b.cleanup()
+
+    short, long_ = stream_plans("fw, mon", 1), stream_plans("fw, mon, mon2", 10)
+    monitor = str(ROOT / "vnfs" / "monitor")
+    swapped = dataclasses.replace(short["A"], functions=tuple(
+        dataclasses.replace(f, folder=monitor, config={}) for f in short["A"].functions))
+    with HostDataPath() as a, HostDataPath() as b:
+        switch(a, b, short)
+        with _Stream(lab) as stream:
+            for step in (lambda: a.apply(swapped),        # the fw hop becomes a monitor, in place
+                         lambda: switch(a, b, long_),     # a new path (SPI 10) with one more hop
+                         lambda: switch(a, b, short)):    # and back to SPI 1, the fw hop a firewall again
+                time.sleep(0.3)
+                step()
+            time.sleep(0.3)
+        hops_a, hops_b = a.chain.hop_stats(), b.chain.hop_stats()
+    assert stream.sent > 1000
+    # Each of the four states carried part of the stream ...
+    assert hops_a[(1, 255)] > 0 and hops_a[(10, 255)] > 0 and hops_b[(10, 253)] > 0
+    # ... and every datagram arrived, exactly once.
+    assert len(stream.got) == stream.sent, f"sent {stream.sent}, received {len(stream.got)}"
+    assert sorted(stream.got) == list(range(stream.sent))
+
+
+def test_a_path_that_comes_back_to_a_host(lab: dict, topo, tmp_path: Path) -> None:  # noqa: ANN001
+    """fw on A, mon on B, mon2 on A again: A holds two segments of the same SPI."""
+    dst = lab["s"].addr_b
+    topo.add_route(lab["client"], f"{dst}/32", gateway=lab["c"].addr_b)
+    path = tmp_path / "back.yaml"
+    path.write_text(STREAM.format(hops="fw, mon, mon2", dst=dst))
+    service = load_service(path)
+    p = host_plans(compile_paths(service, {"fw": "A", "mon": "B", "mon2": "A"}), service, lab["wiring"])
+    assert [(s.spi, s.first_si, s.end, s.next_host) for s in p["A"].paths] == [(1, 255, "remote", "B"),
+                                                                               (1, 253, "stack", None)]
+    with HostDataPath() as a, HostDataPath() as b:
+        b.apply(p["B"])
+        a.apply(p["A"])
+        with _Stream(lab) as stream:
+            time.sleep(0.5)
+        ha, hb = a.chain.hop_stats(), b.chain.hop_stats()
+    assert len(stream.got) == stream.sent > 100
+    assert ha[(1, 255)] == ha[(1, 254)] == hb[(1, 254)] == hb[(1, 253)] == ha[(1, 253)] == ha[(1, 252)] == stream.sent
