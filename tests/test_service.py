@@ -63,6 +63,16 @@ def test_valid_service_loads() -> None:
     assert s.warnings == []
 
 
+def test_control_settings_are_checked_and_kept(tmp_path: Path) -> None:
+    text = HEAD + BODY.replace("{id: nat, vnf: nat}", "{id: nat, vnf: nat, control: {inside: [10.1.0.0/16], "
+                                                      "pool: 10.9.0.0/30}}")
+    f = tmp_path / "service.yaml"
+    f.write_text(text)
+    s = load_service(f)
+    assert s.function("nat").control == {"inside": ["10.1.0.0/16"], "pool": "10.9.0.0/30"}
+    assert s.function("fw").control is None
+
+
 def test_recursive_service_is_flattened() -> None:
     s = load_service(DATA / "nested.yaml")
     assert [(f.id, f.name, f.vnf) for f in s.functions] == [
@@ -103,6 +113,17 @@ def test_folder_path_and_unreachable_warning(tmp_path: Path) -> None:
     (BODY + "classifier:\n  - {path: p, match: {dport: 90-80}}\n", 12, "classifier[0].match.dport", "lo <= hi"),
     (BODY + "classifier:\n  - {path: p, match: {dport: http}}\n", 12, "classifier[0].match.dport", "port"),
     (BODY + "classifier:\n  - {path: p, match: {vlan: 5000}}\n", 12, "classifier[0].match.vlan", "maximum 4095"),
+    (BODY.replace("{id: nat, vnf: nat}", "{id: nat, vnf: nat, control: {inside: [10.0.0.0/33], pool: 10.9.0.1}}"),
+     8, "functions[1].control", "nat: nat configuration"),
+    (BODY.replace("{id: nat, vnf: nat}", "{id: nat, vnf: nat, control: {pool: 10.9.0.1, colour: red}}"),
+     8, "functions[1].control", "unknown setting 'colour'"),
+    (BODY.replace("{id: nat, vnf: nat}", "{id: nat, vnf: monitor, control: {a: 1}}"),
+     8, "functions[1].control", "takes no 'control' settings"),
+    (BODY.replace("{id: nat, vnf: nat}", "{id: nat, vnf: nat, config: {pool_count: 2}, "
+                  "control: {inside: [10.1.0.0/16], pool: 10.9.0.1}}"),
+     8, "functions[1].config", "set by both config and control"),
+    (BODY.replace("{id: fw, vnf: firewall}", "{id: fw, vnf: firewall, control: {rules: 'allow tcp from nowhere'}}"),
+     7, "functions[0].control", "firewall"),
 ])
 def test_bad_input(tmp_path: Path, body: str, line: int, path: str, words: str) -> None:
     # The first problem is the one planted; a renamed id may also leave a hop dangling after it.
