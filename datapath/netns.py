@@ -331,6 +331,41 @@ class Topology:
         a, b = self._allocate()
         return str(a.ip), str(b.ip)
 
+    def reserve_net(self, prefixlen: int) -> ipaddress.IPv4Network:
+        """A subnet of 198.18.0.0/15 no other object of this topology uses: for addresses
+        given by hand (a shared segment behind a bridge)."""
+        if not ADDR_RANGE.prefixlen <= prefixlen <= 30:
+            raise ValueError(f"prefix length {prefixlen}: between {ADDR_RANGE.prefixlen} and 30")
+        size = 1 << (32 - prefixlen)
+        count = ADDR_RANGE.num_addresses // size
+        start = self._next_block * _BLOCK // size
+        for i in range(count):
+            net = ipaddress.IPv4Network((int(ADDR_RANGE.network_address) + (start + i) % count * size, prefixlen))
+            if not any(net.overlaps(used) for used in self._nets):
+                self._nets.append(net)
+                return net
+        raise RuntimeError(f"{ADDR_RANGE} has no free /{prefixlen}")
+
+    def add_bridge(self, ns: str, name: str) -> str:
+        """A Linux bridge ``{prefix}-{name}`` in child netns ``ns`` (it goes with the netns), up."""
+        self._check_ns(ns)
+        if ns is None:
+            raise ValueError("bridges live in a child netns, never the root namespace")
+        ifname = self._ifname(name, "")
+        self._claim()
+        with self._ipr(ns) as ipr:
+            ipr.link("add", ifname=ifname, kind="bridge")
+            ipr.link("set", index=ipr.link_lookup(ifname=ifname)[0], state="up")
+        self._ifnames.add(ifname)
+        return ifname
+
+    def set_master(self, ns: str, ifname: str, bridge: str) -> None:
+        """Make ``ifname`` a port of ``bridge`` (both in ``ns``)."""
+        self._check_ns(ns)
+        with self._ipr(ns) as ipr:
+            ipr.link("set", index=ipr.link_lookup(ifname=ifname)[0],
+                     master=ipr.link_lookup(ifname=bridge)[0])
+
     def add_veth(self, ns_a: str | None, ns_b: str | None,
                  name_a: str | None = None, name_b: str | None = None,
                  addr_a: str | None = None, addr_b: str | None = None,

@@ -1,0 +1,116 @@
+"""The emulator: topology.yaml checks, hosts/underlay/endpoints that route, netem, and a
+``down`` that removes everything, also after ``up`` was killed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from vnfkit.descriptor import DescriptorError
+from vnfkit.emu.emulation import EmuError, Emulation
+from vnfkit.emu.topology import load_topology
+
+ROOT = Path(__file__).resolve().parent.parent
+TOPO = """\
+name: {name}
+hosts: [{{name: h1}}, {{name: h2}}, {{name: h3}}]
+underlay: {{mtu: 1600}}
+endpoints:
+  - {{name: client, host: h1, role: client, loss_pct: 50}}
+  - {{name: web1, host: h3, role: server}}
+"""
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    f = tmp_path / "topology.yaml"
+    f.write_text(text)
+    return f
+
+
+@pytest.mark.parametrize("text, line, path, words", [
+    (TOPO.replace("host: h3", "host: h9"), 6, "endpoints[1].host", "unknown host 'h9'"),
+    (TOPO.replace("{name: h2}", "{name: h1}"), 2, "hosts[1].name", "already used by hosts[0]"),
+    (TOPO.replace("role: server", "role: backend"), 6, "endpoints[1].role", "backend"),
+    (TOPO.replace("mtu: 1600", "mtu: 100"), 3, "underlay.mtu", "1280"),
+    (TOPO.replace("[{{name: h1}}", "[{{name: H1}}"), 2, "hosts[0].name", "is not valid"),
+])
+def test_bad_topologies_are_refused_with_positions(tmp_path: Path, text: str, line: int, path: str,
+                                                   words: str) -> None:
+    with pytest.raises(DescriptorError) as exc:
+        load_topology(_write(tmp_path, text.format(name="t")))
+    p = exc.value.problems[0]
+    assert (p.line, p.path) == (line, path), p
+    assert words in p.message, p
+
+
+@pytest.mark.kernel
+def test_delay_without_netem_is_refused_clearly(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.setattr("vnfkit.emu.emulation.STATE_DIR", tmp_path / "state")
+    has_netem = "netem" in subprocess.run(["tc", "qdisc", "help"], capture_output=True, text=True).stderr
+    text = TOPO.format(name="emudelay").replace("{mtu: 1600}", "{mtu: 1600, delay_ms: 2}")
+    with Emulation(load_topology(_write(tmp_path, text))) as emu:
+        try:
+            emu.up()
+        except EmuError as exc:
+            assert "lack sch_netem" in str(exc) and "delay_ms" in str(exc)
+        else:  # a kernel with netem: the delay is on every bridge port
+            qdisc = subprocess.run(["ip", "netns", "exec", emu.state.underlay_ns, "tc", "qdisc", "show"],
+                                   capture_output=True, text=True).stdout
+            assert qdisc.count("delay 2ms") == 3, (has_netem, qdisc)
+
+
+def _ns_exists(ns: str) -> bool:
+    return os.path.exists(f"/run/netns/{ns}")
+
+
+@pytest.mark.kernel
+def test_hosts_route_endpoints_over_the_underlay_and_everything_goes(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.setattr("vnfkit.emu.emulation.STATE_DIR", tmp_path / "state")
+    topo = load_topology(_write(tmp_path, TOPO.format(name="emutest")))
+    with Emulation(topo) as emu:
+        state = emu.up()
+        client, web1 = state.endpoints["client"], state.endpoints["web1"]
+        # client (on h1) reaches web1 (on h3) through h1, the underlay and h3.
+        res = subprocess.run(["ip", "netns", "exec", client.ns, "ping", "-c", "3", "-i", "0.2", "-W", "2",
+                              web1.ip], capture_output=True, text=True)
+        assert "received" in res.stdout and not res.stdout.count(" 0 received"), res.stdout
+        assert json.loads((tmp_path / "state" / "emutest.json").read_text())["prefix"] == emu.net.prefix
+        # The client's link drops half of what reaches the client, at random (xdp_impair).
+        subprocess.run(["ip", "netns", "exec", client.ns, "ping", "-c", "200", "-i", "0.002", "-W", "0.2",
+                        web1.ip], capture_output=True, text=True)
+        passed, dropped = emu.impair_counters()[f"{client.ns}/{client.ifname}"]
+        assert passed > 0 and dropped > 0 and passed + dropped >= 200
+        w = emu.wiring()
+        assert w["h1"].ingress and not w["h1"].egress and w["h3"].egress and w["h1"].underlay_ip
+        made = [h.ns for h in state.hosts.values()] + [e.ns for e in state.endpoints.values()] + [state.underlay_ns]
+        assert all(_ns_exists(ns) for ns in made)
+    assert not any(_ns_exists(ns) for ns in made)
+    assert not (tmp_path / "state" / "emutest.json").exists()
+
+
+@pytest.mark.kernel
+def test_down_after_up_was_killed(tmp_path: Path) -> None:
+    env = {**os.environ, "VNFKIT_EMU_DIR": str(tmp_path / "state")}
+    topo = _write(tmp_path, TOPO.format(name="emukill"))
+    vnfkit = [sys.executable, "-m", "vnfkit.cli"]
+    up = subprocess.run([*vnfkit, "emu", "up", str(topo)], env=env, capture_output=True, text=True, timeout=120)
+    assert up.returncode == 0, up.stdout + up.stderr
+    state = json.loads((tmp_path / "state" / "emukill.json").read_text())
+    made = [h["ns"] for h in state["hosts"].values()] + [state["underlay_ns"]]
+    assert all(_ns_exists(ns) for ns in made)
+    os.kill(state["pid"], signal.SIGKILL)  # no chance to clean up
+    time.sleep(0.2)
+    assert all(_ns_exists(ns) for ns in made)
+    down = subprocess.run([*vnfkit, "emu", "down", "emukill"], env=env, capture_output=True, text=True, timeout=60)
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert "what a crash left" in down.stdout
+    assert not any(_ns_exists(ns) for ns in made)
+    again = subprocess.run([*vnfkit, "emu", "down", "emukill"], env=env, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 1 and "no emulation 'emukill' is up" in again.stderr
