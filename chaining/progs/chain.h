@@ -1,4 +1,4 @@
-/* chain.h: what the classifier, the forwarder and nsh_rx share, declared once. */
+/* chain.h: what the chain's programs (classifier, forwarder, nsh_rx, proxy) share, declared once. */
 #ifndef VNFKIT_CHAIN_H
 #define VNFKIT_CHAIN_H
 
@@ -39,6 +39,43 @@ struct flow_key {
     __u8 proto;
     __u8 pad[3];
 };
+
+/* The flow key of an Ethernet frame (one 802.1Q tag allowed) into *k: 0, or -1 when it is not
+ * IPv4. Fragments, and packets too short for their ports, are keyed by addresses and protocol
+ * alone: a later fragment has no ports, and every piece of a packet must get the same key. */
+static __always_inline int chain_flow_key(void *data, void *end, struct flow_key *k)
+{
+    struct ethhdr *eth = data;
+    __u32 off = sizeof(*eth);
+
+    if ((void *)(eth + 1) > end)
+        return -1;
+    __be16 proto = eth->h_proto;
+    if (proto == bpf_htons(ETH_P_8021Q)) {
+        __be16 *inner = data + off + 2;
+        if ((void *)(inner + 1) > end)
+            return -1;
+        proto = *inner;
+        off += 4;
+    }
+    struct iphdr *ip = data + off;
+    if (proto != bpf_htons(ETH_P_IP) || (void *)(ip + 1) > end || ip->ihl < 5)
+        return -1;
+    __builtin_memset(k, 0, sizeof(*k));
+    k->saddr = ip->saddr;
+    k->daddr = ip->daddr;
+    k->proto = ip->protocol;
+    if (ip->frag_off & bpf_htons(0x3fff))   /* MF or an offset: a fragment */
+        return 0;
+    if (ip->protocol == IPPROTO_TCP || ip->protocol == IPPROTO_UDP) {
+        __be16 *ports = (void *)ip + ip->ihl * 4;
+        if ((void *)(ports + 2) <= end) {
+            k->sport = ports[0];
+            k->dport = ports[1];
+        }
+    }
+    return 0;
+}
 
 /* Where the classifier starts a packet: the (SPI, SI) of its first hop, and its TTL. */
 struct cls_path {
