@@ -95,6 +95,22 @@ struct {
     __uint(max_entries, 65536);
 } rev_flows SEC(".maps");
 
+/* Give the packet exactly one vk_meta, whatever metadata it had (none at a real ingress; a
+ * repeated test-run hands the same buffer back with the last run's), holding spi_si and ttl:
+ * 0, or -1 when there is no room. What a program does before tail-calling sff_entry. */
+static __always_inline int chain_set_meta(struct xdp_md *ctx, __u32 spi_si, __u32 ttl)
+{
+    int metalen = (int)((long)ctx->data - (long)ctx->data_meta);
+    if (bpf_xdp_adjust_meta(ctx, metalen - (int)sizeof(struct vk_meta)))
+        return -1;
+    struct vk_meta *m = (void *)(long)ctx->data_meta;
+    if ((void *)(m + 1) > (void *)(long)ctx->data)
+        return -1;
+    m->spi_si = spi_si;
+    m->ttl = ttl;
+    return 0;
+}
+
 /* Slot 0 holds the forwarder. The forwarder's object creates it; the classifier, nsh_rx
  * and every function (as vk_chain) reuse it, so "go to the forwarder" is one tail call. */
 struct {
