@@ -23,7 +23,7 @@ import socket
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -34,6 +34,9 @@ from datapath.maps import Map
 from datapath.netns import ifindex
 from datapath.objects import BpfObject, Program, load
 from vnfkit.instance import KernelInstance
+
+if TYPE_CHECKING:
+    from chaining.proxy import ProxyFunction
 
 PROGS = Path(__file__).parent / "progs"
 FIRST_SI = 255
@@ -131,7 +134,7 @@ class LocalChain:
         # chain.h's maps: one of each per host, created by the forwarder's object.
         self._shared = {"sff_entry": entry, "rev_flows": self.sff.map("rev_flows")}
         self.classifier: BpfObject = load(PROGS / "classifier.c", reuse_maps=self._shared)
-        self.functions: dict[str, tuple[int, KernelInstance]] = {}
+        self.functions: dict[str, tuple[int, KernelInstance | ProxyFunction]] = {}
         self.paths: dict[int, list[str]] = {}
         self._hop_slots: dict[tuple[int, int], int] = {}
         self.first_si: dict[int, int] = {}
@@ -145,15 +148,41 @@ class LocalChain:
 
     def load(self, name: str, folder: str | Path, config: dict[str, Any] | None = None) -> KernelInstance:
         """Load a VNF as a function of this host's chains (its vk_chain is the forwarder)."""
+        slot = self._new_slot(name)
+        inst = KernelInstance(folder, config, reuse_maps={"vk_chain": self.sff.map("sff_entry")})
+        self._set_prog(self.sff.map("sff_progs"), slot, inst.obj.program("vnf_xdp"))
+        self.functions[name] = (slot, inst)
+        return inst
+
+    def load_proxy(self, name: str, *, to_fn: tuple[str | None, str], from_fn: tuple[str | None, str],
+                   function: tuple[str | None, str, str], mode: str = "auto") -> ProxyFunction:
+        """Put an NSH-unaware function (a namespace that routes, ...) in this host's chains behind
+        the SFC proxy (:mod:`chaining.proxy`); paths then name it like any function.
+
+        ``to_fn`` and ``from_fn`` are the host's ends (netns, ifname) of the veths to the
+        function's in and out interfaces; ``function`` is (netns, in ifname, out ifname).
+        """
+        from chaining.proxy import ProxyFunction  # proxy.py builds on this module
+
+        slot = self._new_slot(name)
+        proxy = ProxyFunction(self, name, to_fn=to_fn, from_fn=from_fn, function=function,
+                              reuse_maps=self._shared, mode=mode)
+        try:
+            self._set_prog(self.sff.map("sff_progs"), slot, proxy.program)
+        except BaseException:
+            proxy.close()
+            raise
+        self.functions[name] = (slot, proxy)
+        return proxy
+
+    def _new_slot(self, name: str) -> int:
+        """The sff_progs slot a new function called ``name`` takes."""
         if name in self.functions:
             raise ChainError(f"a function called '{name}' is already loaded")
         slot = len(self.functions)
         if slot >= MAX_FUNCTIONS:
             raise ChainError(f"at most {MAX_FUNCTIONS} functions per host")
-        inst = KernelInstance(folder, config, reuse_maps={"vk_chain": self.sff.map("sff_entry")})
-        self._set_prog(self.sff.map("sff_progs"), slot, inst.obj.program("vnf_xdp"))
-        self.functions[name] = (slot, inst)
-        return inst
+        return slot
 
     def add_path(self, spi: int, functions: list[str], *, end: str = "stack",
                  egress: tuple[str | None, str] | None = None, first_si: int = FIRST_SI,
@@ -182,6 +211,14 @@ class LocalChain:
         unknown = [f for f in functions if f not in self.functions]
         if unknown:
             raise ChainError(f"path {spi} names unknown function(s) {unknown} (loaded: {sorted(self.functions)})")
+        from chaining.proxy import ProxyFunction
+
+        twice = sorted({f for f in functions if functions.count(f) > 1
+                        and isinstance(self.functions[f][1], ProxyFunction)})
+        if twice:
+            # The proxy finds a packet's path again by its 5-tuple: a second visit would be
+            # indistinguishable from the first.
+            raise ChainError(f"path {spi} crosses proxied function(s) {twice} more than once")
         if end == "egress":
             if egress is None:
                 raise ChainError("end='egress' needs egress=(netns, ifname)")
