@@ -23,7 +23,7 @@ import socket
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -34,6 +34,9 @@ from datapath.maps import Map
 from datapath.netns import ifindex
 from datapath.objects import BpfObject, Program, load
 from vnfkit.instance import KernelInstance
+
+if TYPE_CHECKING:
+    from chaining.proxy import ProxyFunction
 
 PROGS = Path(__file__).parent / "progs"
 FIRST_SI = 255
@@ -146,7 +149,7 @@ class LocalChain:
         # chain.h's maps: one of each per host, created by the forwarder's object.
         self._shared = {"sff_entry": entry, "rev_flows": self.sff.map("rev_flows")}
         self.classifier: BpfObject = load(PROGS / "classifier.c", reuse_maps=self._shared)
-        self.functions: dict[str, tuple[int, KernelInstance]] = {}
+        self.functions: dict[str, tuple[int, KernelInstance | ProxyFunction]] = {}
         # SPI -> {first SI: functions}: a path that comes back to a host has two segments here.
         self.paths: dict[int, dict[int, list[str]]] = {}
         self._hop_slots: dict[tuple[int, int], int] = {}
@@ -159,7 +162,10 @@ class LocalChain:
         # A program array's values are program fds going in (ids coming out): raw u32s.
         prog_array.update(_u32(slot), _u32(prog.fd))
 
-    def _free_slot(self) -> int:
+    def _new_slot(self, name: str) -> int:
+        """The sff_progs slot a new function called ``name`` takes: the lowest free one."""
+        if name in self.functions:
+            raise ChainError(f"a function called '{name}' is already loaded")
         used = {slot for slot, _ in self.functions.values()}
         for slot in range(MAX_FUNCTIONS):
             if slot not in used:
@@ -174,13 +180,32 @@ class LocalChain:
     def load(self, name: str, folder: str | Path | KernelInstance, config: dict[str, Any] | None = None
              ) -> KernelInstance:
         """Load a VNF (or take an ``instance()``) as function ``name`` of this host's chains."""
-        if name in self.functions:
-            raise ChainError(f"a function called '{name}' is already loaded")
-        slot = self._free_slot()
+        slot = self._new_slot(name)
         inst = folder if isinstance(folder, KernelInstance) else self.instance(folder, config)
         self._set_prog(self.sff.map("sff_progs"), slot, inst.obj.program("vnf_xdp"))
         self.functions[name] = (slot, inst)
         return inst
+
+    def load_proxy(self, name: str, *, to_fn: tuple[str | None, str], from_fn: tuple[str | None, str],
+                   function: tuple[str | None, str, str], mode: str = "auto") -> ProxyFunction:
+        """Put an NSH-unaware function (a namespace that routes, ...) in this host's chains behind
+        the SFC proxy (:mod:`chaining.proxy`); paths then name it like any function.
+
+        ``to_fn`` and ``from_fn`` are the host's ends (netns, ifname) of the veths to the
+        function's in and out interfaces; ``function`` is (netns, in ifname, out ifname).
+        """
+        from chaining.proxy import ProxyFunction  # proxy.py builds on this module
+
+        slot = self._new_slot(name)
+        proxy = ProxyFunction(self, name, to_fn=to_fn, from_fn=from_fn, function=function,
+                              reuse_maps=self._shared, mode=mode)
+        try:
+            self._set_prog(self.sff.map("sff_progs"), slot, proxy.program)
+        except BaseException:
+            proxy.close()
+            raise
+        self.functions[name] = (slot, proxy)
+        return proxy
 
     def swap(self, name: str, inst: KernelInstance) -> KernelInstance:
         """Put ``inst`` in function ``name``'s place in one prog-array update: every path through
@@ -243,6 +268,14 @@ class LocalChain:
         unknown = [f for f in functions if f not in self.functions]
         if unknown:
             raise ChainError(f"path {spi} names unknown function(s) {unknown} (loaded: {sorted(self.functions)})")
+        from chaining.proxy import ProxyFunction
+
+        twice = sorted({f for f in functions if functions.count(f) > 1
+                        and isinstance(self.functions[f][1], ProxyFunction)})
+        if twice:
+            # The proxy finds a packet's path again by its 5-tuple: a second visit would be
+            # indistinguishable from the first.
+            raise ChainError(f"path {spi} crosses proxied function(s) {twice} more than once")
         if end == "egress":
             if egress is None:
                 raise ChainError("end='egress' needs egress=(netns, ifname)")

@@ -172,6 +172,18 @@ def ifindex(ns: str | None, ifname: str) -> int:
             raise LookupError(f"no interface {ifname!r} in netns {ns or '<current>'!r}") from None
 
 
+def veth_peer_ifindex(ns: str | None, ifname: str) -> int | None:
+    """The ifindex of the other end of veth ``ifname`` in ``ns`` (in the netns that end is
+    in), or None when ``ifname`` is not a veth."""
+    idx = ifindex(ns, ifname)
+    with _ipr(ns) as ipr:
+        link = ipr.get_links(idx)[0]
+    info = link.get_attr("IFLA_LINKINFO")
+    if info is None or info.get_attr("IFLA_INFO_KIND") != "veth":
+        return None
+    return link.get_attr("IFLA_LINK")
+
+
 def read_sysctl(ns: str | None, key: str) -> str:
     """Read a ``net.*`` sysctl as seen from netns ``ns``."""
     with enter(ns), open(_sysctl_path(key)) as f:

@@ -1,4 +1,4 @@
-/* chain.h: what the classifier, the forwarder and nsh_rx share, declared once. */
+/* chain.h: what the chain's programs (classifier, forwarder, nsh_rx, proxy) share, declared once. */
 #ifndef VNFKIT_CHAIN_H
 #define VNFKIT_CHAIN_H
 
@@ -40,6 +40,43 @@ struct flow_key {
     __u8 pad[3];
 };
 
+/* The flow key of an Ethernet frame (one 802.1Q tag allowed) into *k: 0, or -1 when it is not
+ * IPv4. Fragments, and packets too short for their ports, are keyed by addresses and protocol
+ * alone: a later fragment has no ports, and every piece of a packet must get the same key. */
+static __always_inline int chain_flow_key(void *data, void *end, struct flow_key *k)
+{
+    struct ethhdr *eth = data;
+    __u32 off = sizeof(*eth);
+
+    if ((void *)(eth + 1) > end)
+        return -1;
+    __be16 proto = eth->h_proto;
+    if (proto == bpf_htons(ETH_P_8021Q)) {
+        __be16 *inner = data + off + 2;
+        if ((void *)(inner + 1) > end)
+            return -1;
+        proto = *inner;
+        off += 4;
+    }
+    struct iphdr *ip = data + off;
+    if (proto != bpf_htons(ETH_P_IP) || (void *)(ip + 1) > end || ip->ihl < 5)
+        return -1;
+    __builtin_memset(k, 0, sizeof(*k));
+    k->saddr = ip->saddr;
+    k->daddr = ip->daddr;
+    k->proto = ip->protocol;
+    if (ip->frag_off & bpf_htons(0x3fff))   /* MF or an offset: a fragment */
+        return 0;
+    if (ip->protocol == IPPROTO_TCP || ip->protocol == IPPROTO_UDP) {
+        __be16 *ports = (void *)ip + ip->ihl * 4;
+        if ((void *)(ports + 2) <= end) {
+            k->sport = ports[0];
+            k->dport = ports[1];
+        }
+    }
+    return 0;
+}
+
 /* Where the classifier starts a packet: the (SPI, SI) of its first hop, and its TTL. */
 struct cls_path {
     __u32 spi_si;  /* SPI << 8 | SI of the path's first hop */
@@ -57,6 +94,22 @@ struct {
     __type(value, struct cls_path);
     __uint(max_entries, 65536);
 } rev_flows SEC(".maps");
+
+/* Give the packet exactly one vk_meta, whatever metadata it had (none at a real ingress; a
+ * repeated test-run hands the same buffer back with the last run's), holding spi_si and ttl:
+ * 0, or -1 when there is no room. What a program does before tail-calling sff_entry. */
+static __always_inline int chain_set_meta(struct xdp_md *ctx, __u32 spi_si, __u32 ttl)
+{
+    int metalen = (int)((long)ctx->data - (long)ctx->data_meta);
+    if (bpf_xdp_adjust_meta(ctx, metalen - (int)sizeof(struct vk_meta)))
+        return -1;
+    struct vk_meta *m = (void *)(long)ctx->data_meta;
+    if ((void *)(m + 1) > (void *)(long)ctx->data)
+        return -1;
+    m->spi_si = spi_si;
+    m->ttl = ttl;
+    return 0;
+}
 
 /* Slot 0 holds the forwarder. The forwarder's object creates it; the classifier, nsh_rx
  * and every function (as vk_chain) reuse it, so "go to the forwarder" is one tail call. */
