@@ -16,6 +16,7 @@ import pytest
 from vnfkit.descriptor import DescriptorError
 from vnfkit.emu.emulation import EmuError, Emulation
 from vnfkit.emu.topology import load_topology
+from vnfkit.emu.traffic import HttpLoad, WebServer
 
 ROOT = Path(__file__).resolve().parent.parent
 TOPO = """\
@@ -81,6 +82,13 @@ def test_hosts_route_endpoints_over_the_underlay_and_everything_goes(tmp_path: P
         res = subprocess.run(["ip", "netns", "exec", client.ns, "ping", "-c", "3", "-i", "0.2", "-W", "2",
                               web1.ip], capture_output=True, text=True)
         assert "received" in res.stdout and not res.stdout.count(" 0 received"), res.stdout
+        web = WebServer("web1", web1.ns, web1.ip)
+        try:
+            with HttpLoad(client.ns, web1.ip, 8080, threads=1) as load:
+                time.sleep(1.0)
+            assert load.snapshot().answers["web1"] > 0
+        finally:
+            web.close()
         assert json.loads((tmp_path / "state" / "emutest.json").read_text())["prefix"] == emu.net.prefix
         # The client's link drops half of what reaches the client, at random (xdp_impair).
         subprocess.run(["ip", "netns", "exec", client.ns, "ping", "-c", "200", "-i", "0.002", "-W", "0.2",
