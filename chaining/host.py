@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from chaining.classifier import Rule, order
 from chaining.local import DEFAULT_TTL, ChainError, LocalChain, RemoteHop
 from chaining.plan import FunctionSpec, HostPlan, PathSpec
 from datapath.attach import Attachment
@@ -258,25 +259,15 @@ class HostDataPath:
         att.detach()
         self.chain.attachments.remove(att)
 
-    def _kernel_rules(self, plan: HostPlan) -> list[Any]:
-        """The plan's classifier rules as the kernel classifier takes them (checked here, before
-        the switch)."""
-        rules = []
-        for r in plan.rules:
-            m = r.match
-            if m.src or m.proto is not None or m.dport or m.vlan is not None:
-                raise ChainError(f"classifier rule {r.name}: only destination prefixes are supported")
-            rules.append((m.dst or "0.0.0.0/0", r.spi))
+    def _kernel_rules(self, plan: HostPlan) -> list[Rule]:
+        """The plan's classifier rules as the kernel classifier takes them: one per interface
+        it names (the ingress ifindex is part of the match)."""
+        rules = [Rule(r.match, r.spi, DEFAULT_TTL, ifindex(plan.ns, name)) for r in plan.rules for name in r.interfaces]
+        order(rules)  # every check the kernel's rule set gets, before the switch rather than in it
         return rules
 
-    def _set_rules(self, rules: list[Any]) -> None:
-        table = self.chain.classifier.map("cls_rules")
-        wanted = set()
-        for dst, spi in rules:
-            self.chain.classify(dst, spi)
-            wanted.add(table.pack_key(dst))
-        for raw in [k for k in table.raw_keys() if k not in wanted]:
-            table.delete(raw)
+    def _set_rules(self, rules: list[Rule]) -> None:
+        self.chain.set_rules(rules)  # atomic for packets: the classifier flips banks
 
     def _cleanup(self, previous: HostPlan | None, plan: HostPlan) -> None:
         if previous is None:

@@ -27,9 +27,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from chaining.classifier import Rule, RuleBanks, RuleStats
+from chaining.errors import ChainError
+from chaining.service import Match
 from datapath import netns
 from datapath.attach import Attachment, attach_xdp
-from datapath.errors import VnfkitError
 from datapath.maps import Map
 from datapath.netns import ifindex
 from datapath.objects import BpfObject, Program, load
@@ -53,11 +55,9 @@ RX_COUNTERS = ("not_nsh", "eth", "vxlan_gpe", "bad_version", "bad_length", "mdty
                "mdtype_unknown", "bad_nextproto", "ttl_expired", "no_mac", "no_room", "no_forwarder")
 ENCAPS = {"eth": 1, "vxlan-gpe": 2}   # sff.c's enum sff_encap
 SIOCGIFHWADDR = 0x8927
+# classifier.c's enum cls_counter: started by a rule, passed, not IPv4, the two failures to hand
+# over, and started by a reply's reverse-flow entry.
 CLS_COUNTERS = ("matched", "unmatched", "not_ipv4", "no_room", "no_forwarder", "reply")
-
-
-class ChainError(VnfkitError):
-    """A path that cannot be installed as asked."""
 
 
 @dataclass
@@ -149,6 +149,7 @@ class LocalChain:
         # chain.h's maps: one of each per host, created by the forwarder's object.
         self._shared = {"sff_entry": entry, "rev_flows": self.sff.map("rev_flows")}
         self.classifier: BpfObject = load(PROGS / "classifier.c", reuse_maps=self._shared)
+        self._rules = RuleBanks(self.classifier)
         self.functions: dict[str, tuple[int, KernelInstance | ProxyFunction]] = {}
         # SPI -> {first SI: functions}: a path that comes back to a host has two segments here.
         self.paths: dict[int, dict[int, list[str]]] = {}
@@ -331,11 +332,28 @@ class LocalChain:
             del self.paths[spi]
             del self.first_si[spi]
 
+    def set_rules(self, rules: list[Rule]) -> list[Rule]:
+        """Replace the classifier's rules, atomically for packets; returns them in the order
+        the kernel scans them (most specific first). Every rule's SPI must be a path of this
+        host (it starts at the path's first SI here). Raises ChainError, leaving the rules
+        as they were, for an unknown path, a bad field, more than 256 rules, or rules for
+        different paths that overlap with neither the more specific."""
+        return self._rules.install(rules, self.first_si)
+
+    @property
+    def rules(self) -> list[Rule]:
+        """The installed rules, in scan order."""
+        return list(self._rules.rules)
+
+    def rule_stats(self) -> list[RuleStats]:
+        """Packets and bytes each installed rule started on its path, in scan order."""
+        return self._rules.stats()
+
     def classify(self, dst_prefix: str, spi: int, ttl: int = DEFAULT_TTL) -> None:
-        """Start traffic to ``dst_prefix`` (IPv4) on path ``spi``."""
-        if spi not in self.paths:
-            raise ChainError(f"no path {spi} (paths: {sorted(self.paths)})")
-        self.classifier.map("cls_rules")[dst_prefix] = {"spi_si": (spi << 8) | self.first_si[spi], "ttl": ttl}
+        """Add a rule: traffic to ``dst_prefix`` (IPv4) starts on path ``spi`` (replacing a rule
+        with the same match)."""
+        match = Match(dst=dst_prefix)
+        self.set_rules([*(r for r in self.rules if (r.match, r.ifindex) != (match, 0)), Rule(match, spi, ttl)])
 
     def attach(self, ns: str | None, ifname: str, mode: str = "auto") -> Attachment:
         """Put the classifier at XDP on an ingress interface."""
@@ -372,8 +390,8 @@ class LocalChain:
         return {key: int(packets[slot]) for key, slot in self._hop_slots.items() if packets[slot]}
 
     def counters(self) -> dict[str, int]:
-        """Packets by counter: the forwarder's (``sff_``), the classifier's (``cls_``) and NSH
-        receive's (``rx_``, all 0 until :meth:`attach_underlay`)."""
+        """Packets by counter: the forwarder's (``sff_``), the classifier's (``cls_``; per rule:
+        :meth:`rule_stats`) and NSH receive's (``rx_``, all 0 until :meth:`attach_underlay`)."""
         sff = self.sff.map("sff_counters").as_array()["packets"]
         cls = self.classifier.map("cls_counters").as_array()["packets"]
         rx = (self.nsh_rx.map("rx_counters").as_array()["packets"] if self.nsh_rx is not None

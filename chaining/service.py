@@ -16,10 +16,11 @@ service's classifier and ``symmetric`` flags count: a constituent is a piece of 
 
 Classifier overlap (kept simple on purpose): each match field is a set of packets (a prefix,
 a protocol, a port range, a VLAN; an absent field matches everything). As in
-``progs/classifier.c``'s longest-prefix match, the most specific rule wins; so two rules for
-different paths conflict when some packet matches both and neither is strictly more specific,
-i.e. every field of one is equal to or inside the other's, at least one strictly. Identical
-matches and "crossed" rules (one narrower in ``dst``, the other in ``dport``) are errors.
+``progs/classifier.c``, the most specific rule wins; so two rules for different paths conflict
+when some packet matches both and neither is strictly more specific, i.e. every field of one
+is equal to or inside the other's, at least one strictly. Identical matches and "crossed"
+rules (one narrower in ``dst``, the other in ``dport``) are errors. A rule with ports matches
+only TCP, UDP and SCTP, so it is disjoint from a rule for another protocol.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import difflib
 import ipaddress
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -97,13 +98,18 @@ class ServicePath:
 
 @dataclass(frozen=True)
 class Match:
-    """What a classifier rule matches; ``None`` matches anything. ``dport`` is an inclusive range."""
+    """What a classifier rule matches; ``None`` matches anything. Ports are inclusive ranges;
+    a match with ports matches TCP, UDP and SCTP only (and no non-first fragment)."""
 
     dst: str | None = None
     src: str | None = None
     proto: int | None = None
     dport: tuple[int, int] | None = None
     vlan: int | None = None
+    sport: tuple[int, int] | None = None
+
+
+MATCH_FIELDS = ("dst", "src", "proto", "sport", "dport", "vlan")
 
 
 @dataclass(frozen=True)
@@ -234,19 +240,26 @@ def _parse_match(match: dict[str, Any], at: YamlPath) -> tuple[Match | None, lis
         out.append(((*at, "src"), "src and dst are of different IP versions; no packet can match both"))
     proto = match.get("proto")
     proto_num = PROTOCOLS[proto] if isinstance(proto, str) else proto
-    dport: tuple[int, int] | None = None
-    if "dport" in match:
-        raw = match["dport"]
-        lo, hi = (int(x) for x in raw.split("-")) if isinstance(raw, str) else (raw, raw)
-        if not 0 <= lo <= hi <= 65535:
-            out.append(((*at, "dport"), f"{raw!r} is not a port range lo-hi with 0 <= lo <= hi <= 65535"))
-        dport = (lo, hi)
-        if proto_num is not None and proto_num not in PORT_PROTOCOLS:
-            out.append(((*at, "dport"), f"protocol {proto} has no ports (dport needs tcp, udp or sctp)"))
+    ports: dict[str, tuple[int, int]] = {}
+    for key in ("sport", "dport"):
+        if key in match:
+            raw = match[key]
+            lo, hi = (int(x) for x in raw.split("-")) if isinstance(raw, str) else (raw, raw)
+            if not 0 <= lo <= hi <= 65535:
+                out.append(((*at, key), f"{raw!r} is not a port range lo-hi with 0 <= lo <= hi <= 65535"))
+            ports[key] = (lo, hi)
+            if proto_num is not None and proto_num not in PORT_PROTOCOLS:
+                out.append(((*at, key), f"protocol {proto} has no ports ({key} needs tcp, udp or sctp)"))
     if out:
         return None, out
     return Match(dst=str(nets["dst"]) if "dst" in nets else None, src=str(nets["src"]) if "src" in nets else None,
-                 proto=proto_num, dport=dport, vlan=match.get("vlan")), []
+                 proto=proto_num, dport=ports.get("dport"), vlan=match.get("vlan"), sport=ports.get("sport")), []
+
+
+@cache
+def _network(text: str) -> Network:
+    # Parsed once: ordering a classifier's rules compares every pair.
+    return ipaddress.ip_network(text)
 
 
 def _relation(a: Any, b: Any) -> str:
@@ -259,7 +272,7 @@ def _relation(a: Any, b: Any) -> str:
     if b is None:
         return "sub"
     if isinstance(a, str):  # prefixes
-        na, nb = ipaddress.ip_network(a), ipaddress.ip_network(b)
+        na, nb = _network(a), _network(b)
         if na.version != nb.version:
             return "disjoint"
         if na.subnet_of(nb):  # type: ignore[arg-type]
@@ -278,14 +291,34 @@ def _relation(a: Any, b: Any) -> str:
     return "disjoint"  # single values (proto, vlan) that differ
 
 
+def _ports_exclude(a: Match, b: Match) -> bool:
+    """``a`` has ports and ``b`` is for a protocol without: no packet matches both."""
+    return (a.sport is not None or a.dport is not None) and b.proto is not None and b.proto not in PORT_PROTOCOLS
+
+
+def relation(a: Match, b: Match, extra: Iterable[tuple[Any, Any]] = ()) -> str:
+    """How the packets ``a`` matches relate to those ``b`` matches: 'eq', 'sub' (a strictly
+    inside b), 'sup', 'disjoint', or 'overlap' (some packet matches both, neither is inside the
+    other). ``extra`` adds field pairs the descriptor does not have (the classifier's ingress
+    interface), ``None`` meaning any, compared like the others."""
+    if _ports_exclude(a, b) or _ports_exclude(b, a):
+        return "disjoint"
+    rels = {_relation(getattr(a, f), getattr(b, f)) for f in MATCH_FIELDS}
+    rels.update(_relation(x, y) for x, y in extra)
+    if "disjoint" in rels:
+        return "disjoint"
+    if rels == {"eq"}:
+        return "eq"
+    if rels <= {"eq", "sub"}:
+        return "sub"
+    if rels <= {"eq", "sup"}:
+        return "sup"
+    return "overlap"
+
+
 def conflict(a: Match, b: Match) -> bool:
     """Whether a packet may match both ``a`` and ``b`` with neither the more specific rule."""
-    rels = {_relation(getattr(a, f), getattr(b, f)) for f in ("dst", "src", "proto", "dport", "vlan")}
-    if "disjoint" in rels:
-        return False
-    a_narrower = rels <= {"eq", "sub"} and "sub" in rels
-    b_narrower = rels <= {"eq", "sup"} and "sup" in rels
-    return not (a_narrower or b_narrower)
+    return relation(a, b) in ("eq", "overlap")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -59,7 +59,7 @@ functions:
 paths:
   - {{id: web, hops: [fw, nat, lb, mon], symmetric: true}}
 classifier:
-  - {{path: web, match: {{dst: "{vip}/32"}}}}
+  - {{path: web, match: {{dst: "{vip}/32", proto: tcp, dport: 80}}}}
 """
 
 

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from chaining.compiler import CompileError, compile_paths
-from chaining.service import Match, Service, ServicePath, conflict, load_service
+from chaining.service import Match, Service, ServicePath, conflict, load_service, relation
 from vnfkit.descriptor import DescriptorError, Problem
 
 DATA = Path(__file__).parent / "data" / "services"
@@ -124,6 +124,10 @@ def test_folder_path_and_unreachable_warning(tmp_path: Path) -> None:
      8, "functions[1].config", "set by both config and control"),
     (BODY.replace("{id: fw, vnf: firewall}", "{id: fw, vnf: firewall, control: {rules: 'allow tcp from nowhere'}}"),
      7, "functions[0].control", "firewall"),
+    (BODY + "classifier:\n  - {path: p, match: {proto: icmp, sport: 53}}\n", 12, "classifier[0].match.sport",
+     "sport needs tcp, udp or sctp"),
+    (BODY + "classifier:\n  - {path: p, match: {sport: 2-1}}\n", 12, "classifier[0].match.sport", "lo <= hi"),
+    (BODY + "classifier:\n  - {path: p, match: {sport: 70000}}\n", 12, "classifier[0].match.sport", "port"),
 ])
 def test_bad_input(tmp_path: Path, body: str, line: int, path: str, words: str) -> None:
     # The first problem is the one planted; a renamed id may also leave a hop dangling after it.
@@ -155,6 +159,11 @@ OVERLAP = HEAD + BODY + "  - {id: q, hops: [nat]}\nclassifier:\n  - {path: p, ma
     ("{dport: 1-100}", "{dport: 50-200}", True),                           # ranges cross
     ("{dport: 1-100}", "{dport: 50-60, vlan: 3}", False),                  # strictly inside
     ("{}", "{src: 192.0.2.0/24}", False),                                  # catch-all and a narrower rule
+    ("{sport: 1024-65535}", "{dport: 53}", True),                          # crossed in two port fields
+    ("{proto: udp, sport: 53}", "{proto: udp, sport: 53, dport: 53}", False),  # strictly inside
+    ("{sport: 53}", "{proto: udp}", True),                                 # udp sport 53: neither holds it
+    ("{dport: 80}", "{proto: icmp}", False),                               # ports never match ICMP
+    ("{dport: 80, dst: 10.0.0.0/8}", "{proto: 47, dst: 10.0.0.0/16}", False),  # nor GRE
 ])
 def test_classifier_overlap(tmp_path: Path, a: str, b: str, bad: bool) -> None:
     text = OVERLAP % (a, b)
@@ -169,6 +178,21 @@ def load_service_text(tmp_path: Path, text: str) -> Service:
     f = tmp_path / "service.yaml"
     f.write_text(text)
     return load_service(f)
+
+
+def test_sport_is_a_match_field(tmp_path: Path) -> None:
+    s = load_service_text(tmp_path, HEAD + BODY + "classifier:\n  - {path: p, match: {proto: udp, sport: 1024-2048}}\n"
+                          "  - {path: p, match: {sport: 53}}\n")
+    assert [r.match for r in s.classifier] == [Match(proto=17, sport=(1024, 2048)), Match(sport=(53, 53))]
+
+
+def test_relation_with_an_extra_field() -> None:
+    a, b = Match(dst="10.0.0.0/8"), Match(dst="10.0.0.0/8", dport=(80, 80))
+    assert relation(a, b) == "sup" and relation(b, a) == "sub" and relation(a, a) == "eq"
+    # The classifier's interface: one rule narrower in ports, the other in interface.
+    assert relation(a, b, [(7, None)]) == "overlap"
+    assert relation(a, b, [(7, 8)]) == "disjoint"
+    assert relation(a, a, [(7, None)]) == "sub"
 
 
 def test_conflict_is_symmetric() -> None:
