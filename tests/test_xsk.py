@@ -20,6 +20,7 @@ from datapath import netns
 from datapath.errors import VnfkitError
 from datapath.netns import Topology, VethPair
 from datapath.verdict import Verdict
+from datapath.xsk.errors import XskError, XskWorkerDied
 from datapath.xsk.service import XskFunction, XskOptions
 from perf.traffic import link_mac
 from vnfkit.descriptor import load_descriptor
@@ -170,3 +171,109 @@ def test_firewall_in_user_space_passes_exactly_what_the_model_allows(wire: VethP
     assert final["tx"] == sum(allowed.values()) == final["tx_completed"]
     assert final["tx_lost"] == 0 and final["dropped_tx_full"] == 0
     assert final["k_rx_dropped"] == final["k_rx_ring_full"] == 0
+
+
+# ---- bad input: clear errors or counted drops, never a hang, the host left as it was --------------
+def nothing_left(ns: str | None, ifname: str) -> None:
+    from datapath.attach import xdp_query
+
+    assert xdp_query(ifname, ns) is None
+
+
+def test_bad_options_are_refused_by_name() -> None:
+    for opts, field in ((XskOptions(batch=0), "batch"), (XskOptions(batch=257), "batch"),
+                        (XskOptions(tx_size=1000), "tx_size"), (XskOptions(frame_size=3000), "frame_size"),
+                        (XskOptions(mode="spin"), "mode"), (XskOptions(zerocopy="maybe"), "zerocopy")):
+        with pytest.raises(XskError, match=field):
+            opts.check(1)
+
+
+def test_an_interface_without_native_xdp_is_refused_when_native_is_required(topo: Topology) -> None:
+    ns = topo.add_ns("lo")
+    with XskFunction(FW, ns, "lo", xdp_mode="native") as fw, pytest.raises(XskError, match="lo.*XDP"):
+        fw.start()
+    nothing_left(ns, "lo")
+
+
+def test_a_missing_interface_is_named(topo: Topology) -> None:
+    ns = topo.add_ns("none")
+    with pytest.raises(XskError, match="nosuch0"):
+        XskFunction(FW, ns, "nosuch0")
+
+
+def test_a_queue_that_does_not_exist_is_refused_before_anything_is_set_up(wire: VethPair) -> None:
+    with pytest.raises(XskError, match=r"has 1 RX queue\(s\) \(0\.\.0\); there is no queue 3"):
+        XskFunction(FW, wire.ns_b, wire.ifname_b, queues=(0, 3))
+    nothing_left(wire.ns_b, wire.ifname_b)
+
+
+def test_a_umem_that_cannot_be_allocated_is_a_clear_error(wire: VethPair) -> None:
+    # More than the machine's memory and swap: refused by mmap, never pinned.
+    with open("/proc/sys/vm/overcommit_memory") as f:
+        assert f.read().strip() != "1", "with overcommit_memory=1 this test would try to pin it all"
+    meminfo = dict(line.split(":") for line in open("/proc/meminfo"))
+    total = sum(int(meminfo[k].split()[0]) * 1024 for k in ("MemTotal", "SwapTotal"))
+    frames = 2 * total // 4096
+    opts = XskOptions(frames=frames, frame_size=4096)
+    with XskFunction(FW, wire.ns_b, wire.ifname_b, options=opts) as fw:
+        with pytest.raises(XskError, match=rf"UMEM of {frames} frames x 4096 B .* could not be allocated"):
+            fw.start()
+        assert not fw.queues[0].alive()
+    nothing_left(wire.ns_b, wire.ifname_b)
+
+
+def test_a_crashing_vnf_kills_only_its_worker(wire: VethPair, capture: Capture,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    crasher = ROOT / "tests" / "vnfs" / "crasher"
+    mac_a, mac_b = link_mac(wire.ns_a, wire.ifindex_a), link_mac(wire.ns_b, wire.ifindex_b)
+
+    def frame(dport: int, i: int) -> bytes:
+        return bytes(Ether(src=mac_a, dst=mac_b) / IP(src=wire.addr_a, dst=wire.addr_b) / UDP(dport=dport)
+                     / f"vk-xsk-{i:06d}".encode())
+
+    with XskFunction(crasher, wire.ns_b, wire.ifname_b) as fn:
+        fn.start()
+        before = [frame(7000, i) for i in range(20)]
+        netns.send_frames(wire.ns_a, wire.ifname_a, before)
+        assert sorted(capture.take(len(before))) == sorted(before)
+
+        netns.send_frames(wire.ns_a, wire.ifname_a, [frame(6666, 99)])
+        wait_for("the worker to die", lambda: not fn.queues[0].alive())
+        with pytest.raises(XskWorkerDied, match="queue 0 died: killed by SIGSEGV"):
+            fn.check()
+        wait_for("the parent to record the failure", lambda: 0 in fn.failures())
+        assert "SIGSEGV" in fn.failures()[0]
+        assert any("died: killed by SIGSEGV" in r.getMessage() for r in caplog.records)
+        # Its counters outlive it: the poisoned frame was counted in before the crash.
+        assert fn.counters()["rx"][0] == fn.counters()["udp"][0] == 21
+        assert fn.stats()["tx"] == 20
+
+        # The host side goes on: the kernel took the socket out of the XSKMAP, frames go to the stack.
+        after = fn.redirect_counters()["no_socket"]
+        netns.send_frames(wire.ns_a, wire.ifname_a, [frame(7000, 100 + i) for i in range(5)])
+        # (>=: the stack's answers bring ARP replies back through the program too)
+        wait_for("frames to reach the stack", lambda: fn.redirect_counters()["no_socket"] >= after + 5)
+        fn.stop()  # stops cleanly with a dead worker
+    nothing_left(wire.ns_b, wire.ifname_b)
+
+
+def test_a_full_tx_ring_drops_and_counts_what_does_not_fit(wire: VethPair, capture: Capture) -> None:
+    frames = [f for f in mixed_frames(wire, 1200)
+              if f[12:15] == b"\x08\x00\x45" and f[23] == 17 and 1000 <= int.from_bytes(f[36:38], "big") < 2000]
+    frames = frames[:100]
+    assert len(frames) == 100  # all allowed: every one wants the TX ring
+    opts = XskOptions(batch=64, tx_size=16)
+    with XskFunction(FW, wire.ns_b, wire.ifname_b, config=POLICY, options=opts) as fw:
+        control.apply(fw.tables, control.compile_rules(RULES))
+        fw.start()
+        with fw.paused():  # the frames queue up on the RX ring, then come in batches of 64
+            netns.send_frames(wire.ns_a, wire.ifname_a, frames)
+            wait_for("100 frames waiting on the RX ring", lambda: fw.stats()["rx_pending"] == len(frames))
+        wait_for("the worker took every frame", lambda: fw.stats()["rx"] == len(frames))
+        final = fw.stop()
+        passed = fw.counters()["pass"][0]
+    got = capture.take(final["tx"])
+    assert passed == len(frames)  # the VNF allowed them all: what was lost, the runtime dropped
+    assert final["dropped_tx_full"] > 0
+    assert final["tx"] + final["dropped_tx_full"] == len(frames) == accounted(final)
+    assert len(got) == final["tx"] == final["tx_completed"] and set(got) <= set(frames)

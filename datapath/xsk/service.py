@@ -27,11 +27,15 @@ to the stack again, and ``failures()`` says what happened; its counters stay rea
 
 from __future__ import annotations
 
+import array
 import contextlib
+import fcntl
 import json
 import logging
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -66,6 +70,7 @@ ZEROCOPY = {"off": 0, "try": 1, "require": 2}
 STARTUP_LIMIT_S = 30.0   # a worker that is neither running nor failed by then is broken
 STOP_LIMIT_S = 10.0      # the drain takes at most ~2 s; then it is killed
 XSK_COUNTERS = ("redirected", "no_socket", "no_meta")  # xsk_redirect.c's enum xsk_counter
+SIOCETHTOOL, ETHTOOL_GCHANNELS = 0x8946, 0x3C
 
 
 @dataclass(frozen=True)
@@ -124,10 +129,22 @@ class ChainPort:
 
 
 def rx_queues(ns: str | None, ifname: str) -> int:
-    """How many RX queues an interface has (rtnetlink IFLA_NUM_RX_QUEUES)."""
+    """How many RX queues an interface has in use: ethtool's channel count (veth allocates a
+    queue per CPU but uses one), else rtnetlink's IFLA_NUM_RX_QUEUES for drivers without it."""
     idx = netns.ifindex(ns, ifname)
-    with netns.enter(ns), IPRoute() as ipr:
-        return int(ipr.get_links(idx)[0].get_attr("IFLA_NUM_RX_QUEUES") or 1)
+    channels = array.array("I", [ETHTOOL_GCHANNELS] + [0] * 8)
+    with netns.enter(ns):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            addr, _ = channels.buffer_info()
+            try:
+                fcntl.ioctl(s.fileno(), SIOCETHTOOL, struct.pack("=16sQ", ifname.encode(), addr))
+                rx, combined = channels[5], channels[8]  # rx_count, combined_count
+                if rx + combined:
+                    return rx + combined
+            except OSError:
+                pass  # EOPNOTSUPP: the driver has no channels to report
+        with IPRoute() as ipr:
+            return int(ipr.get_links(idx)[0].get_attr("IFLA_NUM_RX_QUEUES") or 1)
 
 
 class XskQueue:
