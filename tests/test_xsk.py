@@ -4,7 +4,9 @@ AF_XDP socket on a veth, judged against the firewall's Python model frame by fra
 from __future__ import annotations
 
 import random
+import signal
 import socket
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -156,8 +158,10 @@ def test_firewall_in_user_space_passes_exactly_what_the_model_allows(wire: VethP
         control.apply(fw.tables, rules)
         fw.start()
         assert fw.queues[0].mode == "copy"  # veth has no AF_XDP zero-copy
+        view = fw.queues[0].tables["vk_counters"].per_cpu_array()  # taken once: a live view
         netns.send_frames(wire.ns_a, wire.ifname_a, frames)
         wait_for("the worker took every frame", lambda: fw.stats()["rx"] == len(frames))
+        assert int(view[0][0]["packets"]) == len(frames)  # the worker's writes, seen without a copy
         got = capture.take(sum(allowed.values()))
         live = fw.counters()
         final = fw.stop()
@@ -277,3 +281,39 @@ def test_a_full_tx_ring_drops_and_counts_what_does_not_fit(wire: VethPair, captu
     assert final["dropped_tx_full"] > 0
     assert final["tx"] + final["dropped_tx_full"] == len(frames) == accounted(final)
     assert len(got) == final["tx"] == final["tx_completed"] and set(got) <= set(frames)
+
+
+def test_zero_copy_required_on_veth_is_a_clear_error(wire: VethPair) -> None:
+    with XskFunction(FW, wire.ns_b, wire.ifname_b, options=XskOptions(zerocopy="require")) as fw:
+        with pytest.raises(XskError, match="queue 0 .* zero-copy mode: Operation not supported"):
+            fw.start()
+    nothing_left(wire.ns_b, wire.ifname_b)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_under_load_drains_and_accounts_for_every_frame(wire: VethPair, capture: Capture,
+                                                                  sig: signal.Signals) -> None:
+    frames = mixed_frames(wire, 3000, seed=11)
+    with XskFunction(FW, wire.ns_b, wire.ifname_b, config=POLICY) as fw:
+        control.apply(fw.tables, control.compile_rules(RULES))
+        fw.start()
+        sender = threading.Thread(target=netns.send_frames, args=(wire.ns_a, wire.ifname_a, frames))
+        sender.start()
+        wait_for("traffic to flow", lambda: fw.stats()["rx"] > 200)
+        proc = fw.queues[0].proc
+        assert proc is not None
+        proc.send_signal(sig)  # mid-stream: the worker leaves the XSKMAP, drains, exits
+        wait_for("the worker to exit", lambda: proc.poll() is not None)
+        sender.join()
+        assert proc.returncode == 0
+        wait_for("the parent to notice", lambda: 0 in fw.failures())
+        assert "stopped on its own" in fw.failures()[0]  # not a crash, but not asked for either
+        final = fw.stop()
+    # After the worker left, frames go to dut's stack, whose answers (ICMP, RST) come back too.
+    sent = set(frames)
+    got = [f for f in capture.take(final["tx"]) if f in sent]
+    assert 0 < final["rx"] <= len(frames)
+    assert final["rx"] == accounted(final)           # every frame taken ended somewhere counted
+    assert final["tx"] == final["tx_completed"] and final["tx_lost"] == 0
+    assert final["rx_pending"] == 0                   # nothing left behind on the RX ring
+    assert len(got) == final["tx"]                    # and what was sent arrived

@@ -232,11 +232,17 @@ class XskQueue:
     def _watch(self) -> None:
         assert self.proc is not None
         self.proc.wait()
-        if not self._stopping or self.proc.returncode != 0:
-            self.failure = self._reason()
-            if not self._stopping:
-                log.error("the AF_XDP worker for %s died: %s; its queue's frames go to the stack now",
-                          self.where, self.failure)
+        if self._stopping and self.proc.returncode == 0:
+            return
+        if self.proc.returncode == 0:  # SIGTERM/SIGINT from someone else: it drained and left
+            self.failure = "stopped on its own (a signal not from this process; drained cleanly, status 0)"
+            log.warning("the AF_XDP worker for %s %s; its queue's frames go to the stack now", self.where,
+                        self.failure)
+            return
+        self.failure = self._reason()
+        if not self._stopping:
+            log.error("the AF_XDP worker for %s died: %s; its queue's frames go to the stack now",
+                      self.where, self.failure)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
