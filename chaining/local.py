@@ -375,6 +375,30 @@ class LocalChain:
         self.attachments.append(att)
         return att
 
+    def load_user(self, name: str, folder: str | Path, *, ns: str | None, near: str, far: str,
+                  config: dict[str, Any] | None = None, options: Any = None) -> Any:
+        """Load a VNF as a user-space function of this host's chains: an AF_XDP worker on
+        ``far``, reached through ``near`` (a veth pair in ``ns``, MTU >= 1538), SPI/SI carried
+        as XDP metadata out and as NSH back (``chaining/user.py``). Returns the
+        ``UserFunction`` (tables, counters, runtime stats); ``options`` is an ``XskOptions``."""
+        from chaining.user import UserFunction
+
+        if name in self.functions:
+            raise ChainError(f"a function called '{name}' is already loaded")
+        used = {slot for slot, _ in self.functions.values()}
+        slot = next((s for s in range(MAX_FUNCTIONS) if s not in used), -1)
+        if slot < 0:
+            raise ChainError(f"at most {MAX_FUNCTIONS} functions per host")
+        fn = UserFunction(self, folder, ns=ns, near=near, far=far, config=config, options=options)
+        try:
+            assert fn.hop is not None
+            self._set_prog(self.sff.map("sff_progs"), slot, fn.hop.program("user_hop"))
+        except BaseException:
+            fn.close()
+            raise
+        self.functions[name] = (slot, fn)
+        return fn
+
     def _stats_slot(self, spi: int, si: int) -> int:
         """The hop_stats slot of (SPI, SI): one per installed hop, never reused while loaded."""
         key = (spi, si)

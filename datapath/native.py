@@ -4,6 +4,9 @@ The same C source that clang turns into BPF is compiled here for the host, in on
 translation unit with ``datapath/native/vk_runtime.c`` (the entry point and verdict
 bookkeeping), linked with ``vk_tables.c`` (tables with the kernel's semantics). The
 result is an API-mode cffi extension, cached by a hash of everything that went into it.
+
+A ``Runtime`` adds C of its own to the extension (the AF_XDP runtime, ``datapath/xsk``): more
+sources compiled and linked beside the VNF, and the entry points they add to the cdef.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
@@ -26,6 +30,7 @@ from datapath.errors import CompileError
 from datapath.native_tables import NATIVE_TABLES_CDEF
 
 NATIVE_DIR = Path(__file__).parent / "native"
+RUNTIME_HEADER = NATIVE_DIR / "vk_runtime.h"
 RUNTIME = NATIVE_DIR / "vk_runtime.c"
 TABLES = NATIVE_DIR / "vk_tables.c"
 CFLAGS = ["-O2", "-std=gnu11", "-fno-strict-aliasing", "-Wall", "-Wno-unused-function", "-Wno-address-of-packed-member"]
@@ -41,7 +46,23 @@ void vk_native_set_cpu(uint32_t cpu);
 void vk_native_run(uint8_t *buf, uint32_t offset, uint32_t len, struct vk_result *res);
 void vk_native_run_batch(uint8_t *buf, uint32_t slot_size, uint32_t n, const uint32_t *offsets,
                          const uint32_t *lens, struct vk_result *res);
+void vk_native_run_vec(uint8_t *const *bufs, const uint32_t *offsets, const uint32_t *lens, uint32_t n,
+                       struct vk_result *res);
 """
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """C built into a VNF's extension beside ``vk_runtime.c``: ``sources`` are compiled as
+    their own translation units (they reach the VNF only through ``vk_runtime.h``), with
+    ``include_dirs``; ``cdef`` declares what they add for Python, from ``headers`` (which the
+    extension's own translation unit includes, after the VNF)."""
+
+    name: str
+    sources: tuple[Path, ...]
+    headers: tuple[Path, ...]
+    cdef: str
+    include_dirs: tuple[Path, ...] = ()
 
 
 def _cc() -> list[str]:
@@ -57,8 +78,10 @@ def _dependencies(source: Path, include_dirs: list[Path]) -> list[Path]:
     return [Path(w) for w in res.stdout.replace("\\\n", " ").split(":", 1)[-1].split()]
 
 
-def build_native(source: str | os.PathLike[str], include_dirs: tuple[str | os.PathLike[str], ...] = ()) -> Path:
-    """Compile ``source`` (a VNF's fastpath.c) into a cffi extension; return the .so path.
+def build_native(source: str | os.PathLike[str], include_dirs: tuple[str | os.PathLike[str], ...] = (),
+                 runtime: Runtime | None = None) -> Path:
+    """Compile ``source`` (a VNF's fastpath.c) into a cffi extension, with ``runtime``'s C
+    when given; return the .so path.
 
     Raises CompileError with the compiler's ``file:line`` diagnostics.
     """
@@ -66,15 +89,20 @@ def build_native(source: str | os.PathLike[str], include_dirs: tuple[str | os.Pa
     if not src.is_file():
         raise CompileError(str(source), [], f"{source}: no such file")
     incs = [src.parent, *(Path(d).resolve() for d in include_dirs), INCLUDE_DIR]
+    extra = runtime or Runtime("", (), (), "")
+    cdef = CDEF + extra.cdef
+    rt_incs = [NATIVE_DIR, *extra.include_dirs, INCLUDE_DIR]
     h = hashlib.sha256()
     cc_version = subprocess.run([*_cc(), "--version"], capture_output=True, text=True).stdout.splitlines()[:1]
-    for part in (CDEF, " ".join(CFLAGS), cffi.__version__, sys.version, *cc_version):
+    for part in (cdef, " ".join(CFLAGS), cffi.__version__, sys.version, *cc_version):
         h.update(part.encode())
-    for dep in sorted({*_dependencies(src, incs), RUNTIME, TABLES, Path(__file__)}):
+    rt_deps = [d for s in extra.sources for d in _dependencies(s, rt_incs)]
+    for dep in sorted({*_dependencies(src, incs), *rt_deps, *extra.sources, *extra.headers, RUNTIME,
+                       RUNTIME_HEADER, TABLES, Path(__file__)}):
         h.update(str(dep).encode())
         h.update(dep.read_bytes() if dep.exists() else b"<missing>")
     digest = h.hexdigest()[:16]
-    modname = f"_vnf_{''.join(c if c.isalnum() else '_' for c in src.parent.name)}_{digest}"
+    modname = f"_vnf_{''.join(c if c.isalnum() else '_' for c in src.parent.name)}{extra.name}_{digest}"
     outdir = cache_dir().parent / "native" / digest
     suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
     target = outdir / f"{modname}{suffix}"
@@ -82,9 +110,12 @@ def build_native(source: str | os.PathLike[str], include_dirs: tuple[str | os.Pa
         return target
     outdir.mkdir(parents=True, exist_ok=True)
     ffi = cffi.FFI()
-    ffi.cdef(CDEF)
-    ffi.set_source(modname, f'#include "{src}"\n#include "{RUNTIME}"\n', sources=[str(TABLES)],
-                   include_dirs=[str(d) for d in incs], extra_compile_args=CFLAGS)
+    ffi.cdef(cdef)
+    # One search path for every translation unit: the VNF's, then the runtime's (vk_runtime.h).
+    preamble = "".join(f'#include "{f}"\n' for f in (src, RUNTIME, *extra.headers))
+    ffi.set_source(modname, preamble,
+                   sources=[str(TABLES), *map(str, extra.sources)],
+                   include_dirs=[str(d) for d in dict.fromkeys([*incs, *rt_incs])], extra_compile_args=CFLAGS)
     with tempfile.TemporaryDirectory(dir=outdir) as tmp:
         try:
             built = ffi.compile(tmpdir=tmp, verbose=False)

@@ -44,6 +44,12 @@ struct vk_table {
     uint32_t flags;
     void *impl;
 };
+struct vk_arena {
+    unsigned char *base;
+    uint64_t size;
+    uint64_t used;
+};
+void vk_tables_set_arena(struct vk_arena *arena);
 int vk_table_init(struct vk_table *t, uint32_t ncpus);
 void vk_table_free(struct vk_table *t);
 void *vk_table_lookup(struct vk_table *t, const void *key);

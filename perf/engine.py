@@ -111,12 +111,13 @@ def _rotated(items: list[Any], i: int) -> list[Any]:
 # ---- rate --------------------------------------------------------------------------------------
 @dataclass
 class Scenario:
-    """One rate scenario: a sender into a sink, measured at the sink device's receive counter."""
+    """One rate scenario: a sender into a sink, measured at the sink device's receive counter
+    (``rx``: a ``traffic.DeviceRx``, or any counter of frames handled, read in-process)."""
 
     name: str
     sink: sinks.Sink
     sender: traffic.Sender
-    rx: traffic.DeviceRx
+    rx: Callable[[], int]
     estimate: float = 0.0  # frames/s, sizes the next run's frame budget
 
 
@@ -150,7 +151,8 @@ def _build_scenarios(topo: netns.Topology, stack: contextlib.ExitStack) -> tuple
     return scenarios, setup
 
 
-def _one_run(s: Scenario, profile: Profile, cpu: int) -> dict[str, float]:
+def one_run(s: Scenario, profile: Profile, cpu: int) -> dict[str, float]:
+    """One windowed rate run of ``s``; doubles the frame budget until the sender covers the window."""
     budget = int(s.estimate * (profile.seconds + 2 * profile.lead) * COUNT_MARGIN) + 4096
     for attempt in range(1, 6):
         counted_before = s.sink.count()
@@ -174,7 +176,7 @@ def measure_rates(profile: Profile, runs: int, cpu: int,
         results: dict[str, list[dict[str, float]]] = {s.name: [] for s in scenarios}
         for i in range(runs):
             for s in _rotated(scenarios, i):
-                results[s.name].append(_one_run(s, profile, cpu))
+                results[s.name].append(one_run(s, profile, cpu))
             log(f"run {i + 1}/{runs}: " + ", ".join(f"{n} {r[-1]['mpps']:.3f}" for n, r in results.items())
                 + " Mpps")
         setup["scenarios"] = {s.name: {"sink": s.sink.description, "sender": s.sender.name,

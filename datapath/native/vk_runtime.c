@@ -6,12 +6,10 @@
  * per packet. */
 #include <vnfkit.h>
 
-struct vk_result {
-    uint32_t verdict;
-    uint32_t port;
-    uint32_t offset;   /* where the output packet starts in its buffer (head adjusted) */
-    uint32_t len;
-};
+#include "vk_runtime.h"
+
+_Static_assert(VK_RT_DROP == VK_DROP && VK_RT_PASS == VK_PASS && VK_RT_TX == VK_TX && VK_RT_NEXT == VK_NEXT &&
+               VK_RT_REDIRECT == VK_REDIRECT && VK_RT_ABORTED == VK_ABORTED, "vk_runtime.h's verdicts");
 
 extern struct vk_table *__start_vk_tables[];
 extern struct vk_table *__stop_vk_tables[];
@@ -83,4 +81,13 @@ void vk_native_run_batch(uint8_t *buf, uint32_t slot_size, uint32_t n, const uin
 {
     for (uint32_t i = 0; i < n; i++)
         vk__native_one(buf + (size_t)i * slot_size, offsets[i], lens[i], &res[i]);
+}
+
+/* n packets anywhere: packet i is lens[i] bytes at bufs[i] + offsets[i] (the bytes before it
+ * are its headroom). The AF_XDP runtime's batches: frames in place in the UMEM. */
+void vk_native_run_vec(uint8_t *const *bufs, const uint32_t *offsets, const uint32_t *lens, uint32_t n,
+                       struct vk_result *res)
+{
+    for (uint32_t i = 0; i < n; i++)
+        vk__native_one(bufs[i], offsets[i], lens[i], &res[i]);
 }

@@ -17,7 +17,13 @@
  * Values sit at 8-byte aligned addresses so 64-bit atomics on them are valid.
  *
  * Concurrency: none. One worker thread per table instance; the control-plane verbs must not
- * run while a worker uses the table. The only global state is vk_cpu, which is per thread.
+ * run while a worker uses the table. The global state is vk_cpu, which is per thread, and
+ * the arena set by vk_tables_set_arena (set once, before any table is made).
+ *
+ * Storage comes from libc, or from an arena: a region the caller hands over (the AF_XDP
+ * runtime gives a shared mapping, so a second process that maps it at the same address sees
+ * the same tables, pointers included). Arena memory is handed out once, by a bump pointer,
+ * and must start zeroed; vk_table_free gives nothing back to it.
  */
 #include <errno.h>
 #include <stddef.h>
@@ -30,6 +36,36 @@
 __thread uint32_t vk_cpu;
 
 #define ROUND8(n) (((size_t)(n) + 7) & ~(size_t)7)
+#define ROUND64(n) (((size_t)(n) + 63) & ~(size_t)63)
+
+static struct vk_arena *vk__arena;  /* NULL: libc */
+
+void vk_tables_set_arena(struct vk_arena *arena)
+{
+    vk__arena = arena;
+}
+
+/* calloc from the current source. Arena blocks are cache-line aligned, like malloc's big ones. */
+static void *vk__calloc(size_t n, size_t size)
+{
+    struct vk_arena *a = vk__arena;
+    if (!a)
+        return calloc(n, size);
+    if (size && n > SIZE_MAX / size)
+        return NULL;
+    size_t bytes = ROUND64(n * size), at = ROUND64(a->used);
+    if (at > a->size || bytes > a->size - at)
+        return NULL;
+    a->used = at + bytes;
+    return a->base + at;
+}
+
+/* Free what vk__calloc gave, unless it came from an arena (which is released whole). */
+static void vk__free(int in_arena, void *p)
+{
+    if (!in_arena)
+        free(p);
+}
 
 /* The kernel's own limits, so a table the kernel would refuse is refused here too. */
 #define VK_HASH_KEY_MAX 512u      /* MAX_BPF_STACK */
@@ -42,6 +78,7 @@ __thread uint32_t vk_cpu;
 struct vk_impl {
     uint32_t type;
     uint32_t ncpus;
+    uint32_t in_arena;  /* storage from an arena: nothing to free */
 };
 
 /* ---- hash and LRU hash ------------------------------------------------------------------ */
@@ -144,13 +181,21 @@ static void hash_release(struct vk_hash *h, struct hnode *n, struct hnode **link
     h->count--;
 }
 
+static void hash_free(struct vk_hash *h)
+{
+    vk__free(h->h.in_arena, h->buckets);
+    vk__free(h->h.in_arena, h->pool);
+    vk__free(h->h.in_arena, h);
+}
+
 static int hash_init(struct vk_table *t, uint32_t ncpus)
 {
     if (t->key_size > VK_HASH_KEY_MAX)
         return -EINVAL;
-    struct vk_hash *h = calloc(1, sizeof(*h));
+    struct vk_hash *h = vk__calloc(1, sizeof(*h));
     if (!h)
         return -ENOMEM;
+    h->h.in_arena = vk__arena != NULL;
     h->h.type = t->type;
     h->h.ncpus = ncpus;
     h->key_size = t->key_size;
@@ -166,8 +211,8 @@ static int hash_init(struct vk_table *t, uint32_t ncpus)
     h->lru.lru_next = h->lru.lru_prev = &h->lru;
     if (nb > SIZE_MAX / sizeof(*h->buckets) || t->max_entries > SIZE_MAX / h->node_size)
         goto nomem;
-    h->buckets = calloc((size_t)nb, sizeof(*h->buckets));
-    h->pool = calloc(t->max_entries, h->node_size);
+    h->buckets = vk__calloc((size_t)nb, sizeof(*h->buckets));
+    h->pool = vk__calloc(t->max_entries, h->node_size);
     if (!h->buckets || !h->pool)
         goto nomem;
     /* Free list in pool order, so the first insert takes the first node. */
@@ -179,9 +224,7 @@ static int hash_init(struct vk_table *t, uint32_t ncpus)
     t->impl = h;
     return 0;
 nomem:
-    free(h->buckets);
-    free(h->pool);
-    free(h);
+    hash_free(h);
     return -ENOMEM;
 }
 
@@ -264,12 +307,6 @@ static int hash_next_key(struct vk_hash *h, const void *key, void *next_key)
     return -ENOENT;
 }
 
-static void hash_free(struct vk_hash *h)
-{
-    free(h->buckets);
-    free(h->pool);
-    free(h);
-}
 
 /* ---- array and per-CPU array ------------------------------------------------------------ */
 
@@ -284,9 +321,10 @@ static int array_init(struct vk_table *t, uint32_t ncpus)
 {
     if (t->key_size != 4)
         return -EINVAL;
-    struct vk_array *a = calloc(1, sizeof(*a));
+    struct vk_array *a = vk__calloc(1, sizeof(*a));
     if (!a)
         return -ENOMEM;
+    a->h.in_arena = vk__arena != NULL;
     a->h.type = t->type;
     a->h.ncpus = ncpus;
     a->value_size = t->value_size;
@@ -294,13 +332,13 @@ static int array_init(struct vk_table *t, uint32_t ncpus)
     a->stride = ROUND8(t->value_size);
     uint32_t blocks = t->type == VK_T_PERCPU_ARRAY ? ncpus : 1;
     if (t->max_entries > SIZE_MAX / a->stride / blocks) {
-        free(a);
+        vk__free(a->h.in_arena, a);
         return -ENOMEM;
     }
     a->block = (size_t)t->max_entries * a->stride;
-    a->base = calloc(blocks, a->block);  /* arrays start zeroed, like the kernel's */
+    a->base = vk__calloc(blocks, a->block);  /* arrays start zeroed, like the kernel's */
     if (!a->base) {
-        free(a);
+        vk__free(a->h.in_arena, a);
         return -ENOMEM;
     }
     t->impl = a;
@@ -342,8 +380,8 @@ static int array_next_key(const struct vk_array *a, const void *key, void *next_
 
 static void array_free(struct vk_array *a)
 {
-    free(a->base);
-    free(a);
+    vk__free(a->h.in_arena, a->base);
+    vk__free(a->h.in_arena, a);
 }
 
 /* ---- LPM trie --------------------------------------------------------------------------- */
@@ -419,9 +457,10 @@ static int lpm_init(struct vk_table *t, uint32_t ncpus)
      * allocation detail, so flags are not checked here. */
     if (t->key_size < 5 || t->key_size > 4 + VK_LPM_DATA_MAX)
         return -EINVAL;
-    struct vk_lpm *l = calloc(1, sizeof(*l));
+    struct vk_lpm *l = vk__calloc(1, sizeof(*l));
     if (!l)
         return -ENOMEM;
+    l->h.in_arena = vk__arena != NULL;
     l->h.type = t->type;
     l->h.ncpus = ncpus;
     l->data_size = t->key_size - 4;
@@ -432,12 +471,12 @@ static int lpm_init(struct vk_table *t, uint32_t ncpus)
     l->node_size = l->voff + ROUND8(t->value_size);
     size_t nodes = 2 * (size_t)t->max_entries;
     if (nodes / 2 != t->max_entries || nodes > SIZE_MAX / l->node_size) {
-        free(l);
+        vk__free(l->h.in_arena, l);
         return -ENOMEM;
     }
-    l->pool = calloc(nodes, l->node_size);
+    l->pool = vk__calloc(nodes, l->node_size);
     if (!l->pool) {
-        free(l);
+        vk__free(l->h.in_arena, l);
         return -ENOMEM;
     }
     for (size_t i = nodes; i-- > 0;) {
@@ -666,8 +705,8 @@ copy:
 
 static void lpm_free(struct vk_lpm *l)
 {
-    free(l->pool);
-    free(l);
+    vk__free(l->h.in_arena, l->pool);
+    vk__free(l->h.in_arena, l);
 }
 
 /* ---- the interface ---------------------------------------------------------------------- */

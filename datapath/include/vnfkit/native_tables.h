@@ -35,6 +35,19 @@ struct vk_table {
     void *impl;             /* owned by vk_tables.c; NULL until vk_table_init */
 };
 
+/* A region tables may take their storage from instead of libc: base..base+size, of which
+ * `used` bytes are taken. It must start zeroed; nothing is ever given back to it. */
+struct vk_arena {
+    unsigned char *base;
+    uint64_t size;
+    uint64_t used;
+};
+
+/* Tables initialised from now on take their storage from `arena` (NULL: from libc again).
+ * Their pointers then point into it: a process that maps the same memory at the same
+ * address can use the tables (see datapath/xsk/vk_xsk.h). */
+void vk_tables_set_arena(struct vk_arena *arena);
+
 /* The CPU slot per-CPU tables use on this thread (the executor sets it per worker). */
 extern __thread uint32_t vk_cpu;
 
