@@ -383,12 +383,7 @@ class LocalChain:
         ``UserFunction`` (tables, counters, runtime stats); ``options`` is an ``XskOptions``."""
         from chaining.user import UserFunction
 
-        if name in self.functions:
-            raise ChainError(f"a function called '{name}' is already loaded")
-        used = {slot for slot, _ in self.functions.values()}
-        slot = next((s for s in range(MAX_FUNCTIONS) if s not in used), -1)
-        if slot < 0:
-            raise ChainError(f"at most {MAX_FUNCTIONS} functions per host")
+        slot = self._new_slot(name)
         fn = UserFunction(self, folder, ns=ns, near=near, far=far, config=config, options=options)
         try:
             assert fn.hop is not None
