@@ -158,11 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("cleanup", help="remove namespaces and interfaces left by killed runs").set_defaults(
         func=cmd_cleanup)
 
-    from vnfkit import cli_emu, cli_sdk, cli_vnf
+    from vnfkit import cli_emu, cli_orch, cli_sdk, cli_vnf
 
     cli_vnf.register(sub)
     cli_sdk.register(sub)
     cli_emu.register(sub)
+    cli_orch.register(sub)
     return p
 
 
