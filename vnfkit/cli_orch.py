@@ -70,7 +70,7 @@ class Control:
 
             creds = tls.channel_credentials(certs / "ca.pem", certs / "client.pem", certs / "client.key")
             self.channel = grpc.secure_channel(address, creds,
-                                               options=[("grpc.ssl_target_name_override", "orchestrator")])
+                                               options=[("grpc.ssl_target_name_override", "localhost")])
         self.stub = rpc.ControlStub(self.channel)
         self.address = address
 

@@ -245,6 +245,9 @@ class Emulation:
         self._objects.clear()
         self._xdp = None
         self.net.close()
+        from vnfkit.emu.control_plane import remove_pins
+
+        remove_pins(self.net.prefix)  # the agents leave their data path pinned on purpose
         with contextlib.suppress(FileNotFoundError):
             (STATE_DIR / f"{self.topology.name}.json").unlink()
 
@@ -295,6 +298,9 @@ def down(name: str, on_removed: Callable[[str], None] | None = None) -> list[str
             _terminate(proc["pid"], signal.SIGTERM, timeout=5.0)
             removed.append(f"process {key} (pid {proc['pid']})")
     removed += netns.cleanup_stale(state.prefix)
+    from vnfkit.emu.control_plane import remove_pins
+
+    removed += remove_pins(state.prefix)  # what killed agents left pinned
     with contextlib.suppress(FileNotFoundError):
         (STATE_DIR / f"{name}.json").unlink()
     if on_removed:
