@@ -53,6 +53,10 @@ def plan_for(hop: dict) -> HostPlan:
         classify_on=(hop["c"].ifname_b,))
 
 
+def pinned_functions(pins) -> list[str]:  # noqa: ANN001
+    return [n for n in pins.names("progs") if n.startswith("fn@") and n.endswith("@vnf_xdp")]
+
+
 def send(hop: dict, n: int) -> int:
     """Send n datagrams client -> server; how many arrived."""
     import socket
@@ -95,7 +99,7 @@ def test_released_data_path_keeps_forwarding_and_is_adopted_unchanged(hop: dict,
             "default_allow": True}))))
         assert send(hop, 30) == 30
         assert dp2.instance("svc/mon").counters()["default_allowed"][0] == 30
-        assert len([n for n in pins.names("progs") if n.startswith("fn@") and n.endswith("@vnf_xdp")]) == 2  # the retired one unpinned
+        assert len(pinned_functions(pins)) == 2  # the retired one unpinned
     finally:
         dp2.close()
     assert not pins.exists() and xdp_query(hop["c"].ifname_b, hop["host"]) is None
@@ -150,6 +154,6 @@ def test_adoption_finishes_a_commit_recorded_before_it_ran(hop: dict, pins) -> N
         assert dp2.plan == swapped
         assert send(hop, 10) == 10
         assert dp2.instance("svc/mon").counters()["default_allowed"][0] == 10  # the new instance runs
-        assert len([n for n in pins.names("progs") if n.startswith("fn@") and n.endswith("@vnf_xdp")]) == 2  # the old one unpinned
+        assert len(pinned_functions(pins)) == 2  # the old one unpinned
     finally:
         dp2.close()
