@@ -14,47 +14,19 @@ import socket
 import subprocess
 import threading
 import time
-from pathlib import Path
 
 import grpc
 import pytest
 
 from datapath import netns
 from datapath.attach import xdp_query
-from datapath.pins import PinGroup
 from vnfkit.agent.convert import dict_to_struct
-from vnfkit.agent.process import AgentProcess
 from vnfkit.proto import load
 
 pytestmark = pytest.mark.kernel
 pb, rpc = load()
 PORT = 9300
 SO_RCVBUFFORCE = 33
-
-
-@pytest.fixture
-def site(topo, tmp_path: Path):  # noqa: ANN001, ANN201
-    client, host, server = topo.add_ns("client"), topo.add_ns("host"), topo.add_ns("server")
-    c = topo.add_veth(client, host)
-    s = topo.add_veth(host, server)
-    topo.set_sysctl(host, "net.ipv4.ip_forward", "1")
-    topo.add_route(client, f"{s.addr_b}/32", gateway=c.addr_b)
-    topo.add_route(server, f"{c.addr_a}/32", gateway=s.addr_a)
-    group = f"test-{topo.prefix}-agent"
-    agents: list[AgentProcess] = []
-
-    def agent(**kwargs: object) -> AgentProcess:
-        a = AgentProcess("host", netns=host, state_dir=tmp_path / "state", group=group, **kwargs)
-        agents.append(a)
-        return a.start()
-
-    try:
-        yield {"client": client, "host": host, "server": server, "c": c, "s": s, "agent": agent, "group": group,
-               "tmp": tmp_path}
-    finally:
-        for a in agents:
-            a.close()
-        PinGroup(group).remove()
 
 
 def segment(site: dict, generation: int, *, fw_control: dict | None = None, mon_config: dict | None = None,

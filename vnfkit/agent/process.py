@@ -81,9 +81,13 @@ class AgentProcess:
             from vnfkit.agent.tls import channel_credentials
 
             credentials = channel_credentials(self.tls.ca, self.tls.cert, self.tls.key)
+        # Retry quickly while the agent starts (gRPC's default backoff grows to minutes).
+        options = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 1000)]
         if credentials is None:
-            return grpc.insecure_channel(self.address)
-        return grpc.secure_channel(self.address, credentials)
+            return grpc.insecure_channel(self.address, options)
+        from vnfkit.agent.tls import channel_options
+
+        return grpc.secure_channel(self.address, credentials, options + channel_options(self.address))
 
     def stub(self) -> Any:
         """An Agent stub on a channel that lives as long as this object."""

@@ -19,6 +19,7 @@ import grpc
 
 from vnfkit.agent.core import HostAgent
 from vnfkit.agent.logs import event
+from vnfkit.agent.tls import channel_options
 from vnfkit.proto import load
 
 pb, rpc = load()
@@ -60,7 +61,7 @@ class Reporter:
     def _channel(self) -> grpc.Channel:
         if self.credentials is None:
             return grpc.insecure_channel(self.target)
-        return grpc.secure_channel(self.target, self.credentials)
+        return grpc.secure_channel(self.target, self.credentials, channel_options(self.target))
 
     def _register(self, stub: Any) -> None:
         st = self.agent.state()

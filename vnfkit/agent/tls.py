@@ -108,6 +108,12 @@ def channel_credentials(ca: Path, cert: Path, key: Path) -> grpc.ChannelCredenti
                                         certificate_chain=_read(cert, "certificate"))
 
 
+def channel_options(target: str) -> list[tuple[str, str]]:
+    """Options a TLS channel to ``target`` needs: over a unix socket the name checked against
+    the server's certificate is ``localhost`` (gRPC would take the socket's path)."""
+    return [("grpc.ssl_target_name_override", "localhost")] if target.startswith("unix:") else []
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m vnfkit.agent.tls", description=__doc__.splitlines()[0])
     p.add_argument("folder", type=Path)
