@@ -1,9 +1,10 @@
 """``python -m perf <benchmark> [options]``: the project's benchmarks.
 
 Benchmarks: ``engine`` (per-packet cost by test-run, rate at the far end of a veth), ``sdk`` (one
-VNF source on its kernel, native and model executors, ns/packet side by side) and ``firewall``
-(the firewall VNF's ns/packet at 10, 1,000 and 10,000 rules). Per-VNF figure scripts live beside
-them: perf/{gtp,l4lb,monitor,nat,ratelimit}.py.
+VNF source on its kernel, native and model executors, ns/packet side by side), ``firewall``
+(the firewall VNF's ns/packet at 10, 1,000 and 10,000 rules), ``chains`` (service function
+paths by hop count) and ``agent`` (vnfkit-agent: time to apply a segment, counter latency).
+Per-VNF figure scripts live beside them: perf/{gtp,l4lb,monitor,nat,ratelimit}.py.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from perf import chains, engine, firewall, sdk
+from perf import agent, chains, engine, firewall, sdk
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
                                           description=firewall.__doc__.splitlines()[0]))
     chains.add_arguments(sub.add_parser("chains", help="service function paths: ns/packet and Mpps by hop count",
                                         description=chains.__doc__.splitlines()[0]))
+    agent.add_arguments(sub.add_parser("agent", help="host agent: time to apply a 5-function segment, counter latency",
+                                       description=agent.__doc__.splitlines()[0]))
     args = parser.parse_args(argv)
     try:
         return args.func(args)

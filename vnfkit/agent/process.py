@@ -35,7 +35,7 @@ class AgentProcess:
     def __init__(self, name: str, *, state_dir: Path, group: str, netns: str | None = None,
                  tls: TlsFiles | None = None, orchestrator: str | None = None, metrics: str = "",
                  counter_interval: float = 0.2, heartbeat_interval: float = 0.5, listen: list[str] | None = None,
-                 **extra: Any) -> None:
+                 env: dict[str, str] | None = None, **extra: Any) -> None:
         # A unix socket path holds at most 107 bytes: a short folder of its own.
         self.run_dir = Path(tempfile.mkdtemp(prefix=f"vk-{name[:12]}-"))
         self.socket = self.run_dir / "agent.sock"
@@ -51,6 +51,7 @@ class AgentProcess:
         self.config_path = self.run_dir / "agent.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
         self.log_path = self.run_dir / "agent.log"
+        self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
         self._channels: list[grpc.Channel] = []
 
@@ -58,7 +59,7 @@ class AgentProcess:
         """Start the agent and wait until its health service says SERVING."""
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "vnfkit.agent", "--config", str(self.config_path)],
-                                         stdout=log, stderr=log, cwd=ROOT)
+                                         stdout=log, stderr=log, cwd=ROOT, env=self.env)
         deadline = time.monotonic() + timeout
         with self.channel() as ch:
             stub = health_pb2_grpc.HealthStub(ch)
