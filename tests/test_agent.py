@@ -12,11 +12,11 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import threading
 import time
 
 import grpc
 import pytest
+from test_chaining_service import _Stream as Stream  # numbered datagrams, each must arrive once
 
 from datapath import netns
 from datapath.attach import xdp_query
@@ -26,7 +26,6 @@ from vnfkit.proto import load
 pytestmark = pytest.mark.kernel
 pb, rpc = load()
 PORT = 9300
-SO_RCVBUFFORCE = 33
 
 
 def segment(site: dict, generation: int, *, fw_control: dict | None = None, mon_config: dict | None = None,
@@ -170,53 +169,6 @@ def test_a_full_disk_refuses_changes_and_the_data_path_runs_on(site: dict) -> No
         assert send(site, 20) == 0
     finally:
         subprocess.run(["umount", "-l", str(state_dir)], check=True)
-
-
-class Stream:
-    """Numbered UDP datagrams client -> server until stopped; the server keeps every number."""
-
-    def __init__(self, site: dict, port: int = PORT) -> None:
-        with netns.enter(site["server"]):
-            self.rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.rx.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 32 << 20)
-        self.rx.bind((site["s"].addr_b, port))
-        self.rx.settimeout(1.0)
-        with netns.enter(site["client"]):
-            self.tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.dst = (site["s"].addr_b, port)
-        self.sent = 0
-        self.got: list[int] = []
-        self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._send), threading.Thread(target=self._recv)]
-
-    def _send(self) -> None:
-        while not self.stop.is_set():
-            for _ in range(20):
-                self.tx.sendto(self.sent.to_bytes(8, "big") + bytes(56), self.dst)
-                self.sent += 1
-            time.sleep(0.001)
-
-    def _recv(self) -> None:
-        while True:
-            try:
-                data = self.rx.recv(2048)
-            except TimeoutError:
-                if self.stop.is_set():
-                    return
-                continue
-            self.got.append(int.from_bytes(data[:8], "big"))
-
-    def __enter__(self) -> Stream:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(10)
-        self.rx.close()
-        self.tx.close()
 
 
 def test_kill_9_under_traffic_loses_no_packet_and_the_new_agent_adopts(site: dict) -> None:
