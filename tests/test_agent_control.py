@@ -8,6 +8,7 @@ mid-stream, ``/metrics``, a client generated independently from the proto file, 
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -173,6 +174,7 @@ def test_counters_reach_the_orchestrator_watchers_and_metrics(site: dict) -> Non
         assert 'vnfkit_function_packets_total{counter="ipv4",function="mon",service="web"} 40.0' in text
     finally:
         server.stop(0)
+        shutil.rmtree(run, ignore_errors=True)
 
 
 def test_a_client_generated_independently_from_the_proto_calls_the_agent(site: dict, tmp_path: Path) -> None:
