@@ -2,9 +2,10 @@
 
 Benchmarks: ``engine`` (per-packet cost by test-run, rate at the far end of a veth), ``sdk`` (one
 VNF source on its kernel, native and model executors, ns/packet side by side), ``firewall``
-(the firewall VNF's ns/packet at 10, 1,000 and 10,000 rules), ``chains`` and ``xsk`` (the
-firewall in user space over AF_XDP: packets/s against XDP and a Python loop). Per-VNF figure
-scripts live beside them: perf/{gtp,l4lb,monitor,nat,ratelimit}.py.
+(the firewall VNF's ns/packet at 10, 1,000 and 10,000 rules), ``chains`` (service function
+paths by hop count), ``xsk`` (the firewall in user space over AF_XDP: packets/s against XDP and a
+Python loop) and ``agent`` (vnfkit-agent: time to apply a segment, counter latency).
+Per-VNF figure scripts live beside them: perf/{gtp,l4lb,monitor,nat,ratelimit}.py.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from perf import chains, engine, firewall, sdk, xsk
+from perf import agent, chains, engine, firewall, sdk, xsk
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
                                         description=chains.__doc__.splitlines()[0]))
     xsk.add_arguments(sub.add_parser("xsk", help="firewall in user space over AF_XDP: Mpps against XDP and a "
                                      "Python loop", description=xsk.__doc__.splitlines()[0]))
+    agent.add_arguments(sub.add_parser("agent", help="host agent: time to apply a 5-function segment, counter latency",
+                                       description=agent.__doc__.splitlines()[0]))
     args = parser.parse_args(argv)
     try:
         return args.func(args)
