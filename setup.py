@@ -31,14 +31,16 @@ setup(
     version="0.1.0",
     description="Virtual network functions with eBPF/XDP and cffi fast paths, chained with NSH",
     python_requires=">=3.11",
-    packages=find_packages(include=["vnfkit*", "datapath*", "chaining*", "agents*", "perf*"]),
+    packages=find_packages(include=["vnfkit*", "datapath*", "chaining*", "perf*"]),
     package_data={
         "datapath": ["include/*.h", "include/vnfkit/*.h", "progs/*.c", "native/*.c"],
-        "vnfkit": ["schema/*.json", "skeleton/*", "skeleton/tests/*"],
+        "vnfkit": ["schema/*.json", "skeleton/*", "skeleton/tests/*", "proto/*.proto"],
         "chaining": ["progs/*.c", "progs/*.h", "schema/*.json"],
     },
     setup_requires=["cffi"],
     cffi_modules=["datapath/_libbpf_build.py:ffibuilder"],
     install_requires=runtime_requirements(),
-    entry_points={"console_scripts": ["vnfkit = vnfkit.cli:main"]},
+    # vnfkit-agent's gRPC code is generated from vnfkit/proto/vnfkit.proto when first imported
+    # (vnfkit.proto.load), into the cache folder: nothing generated is installed or committed.
+    entry_points={"console_scripts": ["vnfkit = vnfkit.cli:main", "vnfkit-agent = vnfkit.agent.cli:main"]},
 )

@@ -222,7 +222,11 @@ class RuleBanks:
         self._banks: list[Map] = [obj.map(name) for name in BANKS]
         self._switch = obj.map("cls_active")
         self._stats = obj.map("cls_rule_stats")
-        self._active = 0  # classifier.c starts with cls_active[0] = cls_bank0, empty
+        # classifier.c starts with cls_active[0] = cls_bank0; a classifier adopted from pins may
+        # be on either bank (a lookup of an array of maps gives the inner map's id).
+        raw = self._switch._raw_lookup(np.uint32(0).tobytes())
+        active_id = int.from_bytes(raw, "little") if raw else self._banks[0].id
+        self._active = next((i for i, b in enumerate(self._banks) if b.id == active_id), 0)
         self.rules: list[Rule] = []  # installed, in scan order
         self._slots: dict[Rule, int] = {}
 

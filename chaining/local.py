@@ -35,6 +35,7 @@ from datapath.attach import Attachment, attach_xdp
 from datapath.maps import Map
 from datapath.netns import ifindex
 from datapath.objects import BpfObject, Program, load
+from datapath.pins import PinGroup, PinnedObject
 from vnfkit.instance import KernelInstance
 
 if TYPE_CHECKING:
@@ -142,13 +143,31 @@ def _remote_value(hop: RemoteHop) -> bytes:
 class LocalChain:
     """``with LocalChain() as chain:`` load functions, add paths, classify, attach."""
 
-    def __init__(self) -> None:
-        self.sff: BpfObject = load(PROGS / "sff.c")
-        entry = self.sff.map("sff_entry")
-        self._set_prog(entry, 0, self.sff.program("sff"))
+    def __init__(self, pins: PinGroup | None = None, *, adopt: bool = False) -> None:
+        """``pins``: keep the host's programs and maps pinned there too, so the data path
+        outlives this process (``HostDataPath`` pins functions and links); ``adopt=True``
+        re-opens what an earlier process pinned there instead of loading anything."""
+        self.pins = pins
+        self.nsh_rx: BpfObject | PinnedObject | None = None  # loaded by the first attach_underlay()
+        if adopt:
+            if pins is None:
+                raise ChainError("adopt=True needs the pin group to adopt from")
+            self.sff: BpfObject | PinnedObject = pins.open_object("sff")
+            self.classifier: BpfObject | PinnedObject = pins.open_object("cls")
+            if pins.has_object("rx"):
+                self.nsh_rx = pins.open_object("rx")
+            entry = self.sff.map("sff_entry")
+        else:
+            self.sff = load(PROGS / "sff.c")
+            entry = self.sff.map("sff_entry")
+            self._set_prog(entry, 0, self.sff.program("sff"))
         # chain.h's maps: one of each per host, created by the forwarder's object.
         self._shared = {"sff_entry": entry, "rev_flows": self.sff.map("rev_flows")}
-        self.classifier: BpfObject = load(PROGS / "classifier.c", reuse_maps=self._shared)
+        if not adopt:
+            self.classifier = load(PROGS / "classifier.c", reuse_maps=self._shared)
+            if pins is not None:
+                pins.pin_object(self.sff, "sff")
+                pins.pin_object(self.classifier, "cls")
         self._rules = RuleBanks(self.classifier)
         self.functions: dict[str, tuple[int, KernelInstance | ProxyFunction]] = {}
         # SPI -> {first SI: functions}: a path that comes back to a host has two segments here.
@@ -156,7 +175,6 @@ class LocalChain:
         self._hop_slots: dict[tuple[int, int], int] = {}
         self.first_si: dict[int, int] = {}  # SPI -> the highest first SI of its segments here
         self.attachments: list[Attachment] = []
-        self.nsh_rx: BpfObject | None = None  # loaded by the first attach_underlay()
 
     @staticmethod
     def _set_prog(prog_array: Map, slot: int, prog: Program) -> None:
@@ -370,6 +388,8 @@ class LocalChain:
         """
         if self.nsh_rx is None:
             self.nsh_rx = load(PROGS / "nsh_rx.c", reuse_maps=self._shared)
+            if self.pins is not None:
+                self.pins.pin_object(self.nsh_rx, "rx")
         self.nsh_rx.map("rx_ifmac").update(_u32(ifindex(ns, ifname)), mac_of(ns, ifname))
         att = attach_xdp(self.nsh_rx.program("nsh_rx"), ifname, ns=ns, mode=mode)
         self.attachments.append(att)
@@ -398,10 +418,74 @@ class LocalChain:
         """The hop_stats slot of (SPI, SI): one per installed hop, never reused while loaded."""
         key = (spi, si)
         if key not in self._hop_slots:
-            if len(self._hop_slots) >= HOP_STATS_SLOTS:
+            # After the highest slot in use (adopted slots need not start at 0), zeroed: a slot
+            # an earlier process used and freed may still hold its counts.
+            slot = max(self._hop_slots.values(), default=-1) + 1
+            if slot >= HOP_STATS_SLOTS:
                 raise ChainError(f"more than {HOP_STATS_SLOTS} hops installed on this host")
-            self._hop_slots[key] = len(self._hop_slots)
+            self.sff.map("hop_stats")[slot] = {"packets": 0, "bytes": 0}
+            self._hop_slots[key] = slot
         return self._hop_slots[key]
+
+    # ---- adoption: a new process takes over what an earlier one left pinned ------------------
+    def slot_programs(self) -> dict[int, int]:
+        """The forwarder's function slots as the kernel holds them: slot -> program id."""
+        progs = self.sff.map("sff_progs")
+        out = {}
+        for slot in range(MAX_FUNCTIONS):
+            raw = progs._raw_lookup(_u32(slot))
+            if raw is not None:
+                out[slot] = int(np.frombuffer(raw[:4], dtype=np.uint32)[0])
+        return out
+
+    def adopt_function(self, name: str, slot: int, inst: KernelInstance) -> bool:
+        """Register ``inst`` as function ``name`` in ``slot`` without loading anything; puts its
+        program in the slot if the kernel does not hold it there. True if it had to."""
+        if name in self.functions:
+            raise ChainError(f"a function called '{name}' is already loaded")
+        prog = inst.obj.program("vnf_xdp")
+        repaired = self.slot_programs().get(slot) != prog.id
+        if repaired:
+            self._set_prog(self.sff.map("sff_progs"), slot, prog)
+        self.functions[name] = (slot, inst)
+        return repaired
+
+    def release_slot(self, slot: int) -> None:
+        """Empty a function slot no adopted function uses (a change that was never committed)."""
+        self.sff.map("sff_progs").delete(_u32(slot))
+
+    def adopt_hops(self) -> set[tuple[int, int]]:
+        """Take the hop counter slots from the forwarder's table, so paths installed again with
+        ``add_path`` keep their slots and counts; the (SPI, SI)s the table holds."""
+        table = self.sff.map("sff_table")
+        found = set()
+        for key, value in table.items():
+            spi_si = int(key)
+            found.add((spi_si >> 8, spi_si & 0xFF))
+            self._hop_slots[(spi_si >> 8, spi_si & 0xFF)] = int(value["stats"])
+        return found
+
+    def forget_hop(self, spi: int, si: int) -> None:
+        """Delete a forwarder entry no installed path has (left by an uncommitted change)."""
+        key = (spi << 8) | si
+        for m, k in ((self.sff.map("sff_table"), key), (self.sff.map("sff_remote"), _u32(key))):
+            if k in m:
+                del m[k]
+        self._hop_slots.pop((spi, si), None)
+
+    def release(self) -> None:
+        """Close this process's hold on everything and leave the pinned data path running (an
+        agent that stops; the next one adopts it). ``close()`` tears it down instead."""
+        for att in self.attachments:
+            att.close()
+        self.attachments.clear()
+        for _, inst in self.functions.values():
+            inst.obj.close()
+        self.functions.clear()
+        for obj in (self.classifier, self.nsh_rx, self.sff):
+            if obj is not None:
+                obj.close()
+        self.nsh_rx = None
 
     def hop_stats(self) -> dict[tuple[int, int], int]:
         """Packets the forwarder handed on, by (SPI, SI), for the hops that have seen any."""

@@ -151,6 +151,17 @@ def enter(ns: str | None) -> Iterator[None]:
         os.close(fd)
 
 
+def join(ns: str) -> None:
+    """Move the calling thread into netns ``ns`` for good; threads it starts afterwards are
+    born there. A daemon serving one emulated host calls it first thing, before any library
+    starts threads of its own (the mount namespace, hence bpffs, stays the host's)."""
+    fd = _open_ns(ns)
+    try:
+        _setns(fd, ns)
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def _ipr(ns: str | None) -> Iterator[IPRoute]:
     # The netlink socket is created inside the netns (instead of

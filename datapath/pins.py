@@ -79,12 +79,42 @@ class PinGroup:
     def pin_map(self, m: Map, name: str | None = None) -> Path:
         return self._pin_fd(m.fd, "maps", name or m.name)
 
-    def pin_object(self, obj: BpfObject) -> None:
-        """Pin every program and map of a loaded object under their own names."""
-        for prog in obj.programs.values():
-            self.pin_program(prog)
-        for m in obj.maps.values():
-            self.pin_map(m)
+    def pin_object(self, obj: BpfObject | PinnedObject, prefix: str | None = None) -> None:
+        """Pin every program and map of a loaded object under their own names, or as
+        ``<prefix>@<name>`` (several objects in one group; ``open_object(prefix)`` re-opens them).
+        bpffs refuses names with a dot: an internal map's ``x.rodata`` is pinned as ``x_rodata``."""
+        at = f"{_check_name(prefix, 'object prefix')}@" if prefix else ""
+        for name, prog in obj.programs.items():
+            self.pin_program(prog, at + name.replace(".", "_"))
+        for name, m in obj.maps.items():
+            self.pin_map(m, at + name.replace(".", "_"))
+
+    def open_object(self, prefix: str) -> PinnedObject:
+        """The programs and maps pinned by ``pin_object(obj, prefix)``, re-opened (another
+        process may have pinned them): an object to use like the loaded one."""
+        at = f"{prefix}@"
+        progs = {n[len(at):]: self.program(n) for n in self.names("progs") if n.startswith(at)}
+        maps = {n[len(at):]: Map.from_fd(self._get("maps", n), owns_fd=True, name=n[len(at):])
+                for n in self.names("maps") if n.startswith(at)}
+        if not progs and not maps:
+            raise PinError(f"nothing pinned as '{prefix}' in {self.path}")
+        return PinnedObject(self.path / prefix, progs, maps)
+
+    def has_object(self, prefix: str) -> bool:
+        return any(n.startswith(f"{prefix}@") for kind in ("progs", "maps") for n in self.names(kind))
+
+    def unpin_object(self, prefix: str) -> None:
+        """Remove the pins of ``pin_object(obj, prefix)``; what nothing else holds is freed."""
+        for kind in ("progs", "maps"):
+            for n in self.names(kind):
+                if n.startswith(f"{prefix}@"):
+                    self.unpin(kind, n)
+
+    def unpin(self, kind: str, name: str) -> None:
+        try:
+            os.unlink(self.path / kind / name)
+        except FileNotFoundError:
+            pass
 
     def pin_link(self, att: Attachment, name: str) -> Path:
         path = self._slot("links", name)
@@ -132,6 +162,41 @@ class PinGroup:
             self.path.parent.rmdir()  # the last group takes the project folder with it
         except OSError:
             pass  # other groups remain
+
+
+class PinnedObject:
+    """Programs and maps re-opened from pins, used where a loaded ``BpfObject`` would be (a
+    restarted agent adopting the data path its predecessor left running)."""
+
+    def __init__(self, path: Path, programs: dict[str, Program], maps: dict[str, Map]) -> None:
+        self.path = path
+        self.programs = programs
+        self.maps = maps
+
+    def program(self, name: str) -> Program:
+        try:
+            return self.programs[name]
+        except KeyError:
+            raise PinError(f"{self.path}: no program '{name}' pinned (pinned: {sorted(self.programs)})") from None
+
+    def map(self, name: str) -> Map:
+        try:
+            return self.maps[name]
+        except KeyError:
+            raise PinError(f"{self.path}: no map '{name}' pinned (pinned: {sorted(self.maps)})") from None
+
+    def close(self) -> None:
+        """Close this process's fds; the pinned objects stay."""
+        for m in self.maps.values():
+            m.close()
+        for p in self.programs.values():
+            p.close()
+
+    def __enter__(self) -> PinnedObject:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def groups() -> Iterator[PinGroup]:

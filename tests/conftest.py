@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -87,3 +88,33 @@ def pair(topo: object) -> object:
     client = topo.add_ns("client")
     server = topo.add_ns("server")
     return topo.add_veth(client, server)
+
+
+@pytest.fixture
+def site(topo: object, tmp_path: Path) -> Iterator[dict]:
+    """client --c-- host --s-- server; ``site["agent"](**options)`` starts an agent serving
+    "host" (tests/test_agent.py); agents and their pin group are removed after the test."""
+    from datapath.pins import PinGroup
+    from vnfkit.agent.process import AgentProcess
+
+    client, host, server = topo.add_ns("client"), topo.add_ns("host"), topo.add_ns("server")
+    c = topo.add_veth(client, host)
+    s = topo.add_veth(host, server)
+    topo.set_sysctl(host, "net.ipv4.ip_forward", "1")
+    topo.add_route(client, f"{s.addr_b}/32", gateway=c.addr_b)
+    topo.add_route(server, f"{c.addr_a}/32", gateway=s.addr_a)
+    group = f"test-{topo.prefix}-agent"
+    agents: list[AgentProcess] = []
+
+    def agent(**kwargs: object) -> AgentProcess:
+        a = AgentProcess("host", netns=host, state_dir=tmp_path / "state", group=group, **kwargs)
+        agents.append(a)
+        return a.start()
+
+    try:
+        yield {"client": client, "host": host, "server": server, "c": c, "s": s, "agent": agent, "group": group,
+               "tmp": tmp_path}
+    finally:
+        for a in agents:
+            a.close()
+        PinGroup(group).remove()

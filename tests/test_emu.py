@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from chaining.local import mac_of
 from vnfkit.descriptor import DescriptorError
 from vnfkit.emu.emulation import EmuError, Emulation
 from vnfkit.emu.topology import load_topology
@@ -94,6 +95,14 @@ def test_hosts_route_endpoints_over_the_underlay_and_everything_goes(tmp_path: P
         # The lossy endpoint's link drops half of what reaches it, at random (xdp_impair); slow
         # enough pings that a lost ARP reply is retried within the run.
         lossy = state.endpoints["lossy"]
+        # Static neighbours on that link, so the loss falls on the pings and not on the ARP
+        # exchange they wait for (three lost ARP replies would silence the run).
+        h2 = state.hosts["h2"]
+        near = h2.ingress[0]
+        for ns, dev, ip, mac in ((lossy.ns, lossy.ifname, lossy.gateway, mac_of(h2.ns, near)),
+                                 (h2.ns, near, lossy.ip, mac_of(lossy.ns, lossy.ifname))):
+            subprocess.run(["ip", "netns", "exec", ns, "ip", "neigh", "replace", ip, "lladdr", mac.hex(":"), "dev",
+                            dev, "nud", "permanent"], check=True, capture_output=True)
         subprocess.run(["ip", "netns", "exec", lossy.ns, "ping", "-c", "100", "-i", "0.03", "-W", "0.2",
                         web1.ip], capture_output=True, text=True)
         passed, dropped = emu.impair_counters()[f"{lossy.ns}/{lossy.ifname}"]

@@ -31,9 +31,13 @@ def _defines(items: Sequence[str]) -> dict[str, str]:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from vnfkit import demo
+    if args.engine:
+        from vnfkit import demo
 
-    return demo.run(seconds=args.seconds, console=console)
+        return demo.run(seconds=args.seconds, console=console)
+    from vnfkit import demo_chain
+
+    return demo_chain.run(seconds=args.seconds, console=console)
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
@@ -131,8 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="full logs (the whole verifier log on rejection)")
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("demo", help="the end-to-end demo: compile, verify, attach, real traffic, live counters")
-    s.add_argument("--seconds", type=float, default=4.0, help="how long the client sends traffic")
+    s = sub.add_parser("demo", help="the main job: a service chain across three emulated hosts, live counters")
+    s.add_argument("--seconds", type=float, default=6.0, help="how long the client sends traffic")
+    s.add_argument("--engine", action="store_true", help="the eBPF engine's demo instead (one veth, one program)")
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("probe", help="what this kernel offers (XDP native on veth, tcx, live frames, ...)")

@@ -72,7 +72,7 @@ def _answers_table(before: LoadStats, after: LoadStats | None = None) -> Table:
     t.add_column("server")
     t.add_column("before the change", justify="right")
     if after is not None:
-        t.add_column("after", justify="right")
+        t.add_column("after it was applied", justify="right")
     for who in sorted(set(before.answers) | set(after.answers if after else {})):
         row = [who, f"{before.answers[who]:,}"]
         if after is not None:
@@ -131,9 +131,13 @@ def run(seconds: float = 6.0, console: Console | None = None) -> int:
                 console.rule("4. take web1 out of the load balancer, under load")
                 service.write_text(text.replace(f'{{addr: "{webs[0].ip}", port: 8080}}, ', ""))
                 rep = control.call("Deploy", control.pb.DeployRequest(path=str(service), update=True))
-                console.print(f"  generation {rep.service.generation} applied")
+                console.print(f"  generation {rep.service.generation} applied (new SPIs {list(rep.service.spis)}; "
+                              "l4lb's tables changed in place, so its flow table stays)")
+                applied = load.snapshot()  # requests made while the update was applied went to either
                 _watch(console, control, load, seconds / 2)
                 after = load.snapshot()
+                after.answers.subtract(applied.answers)
+                after.answers.update(before.answers)
         finally:
             for s in servers:
                 s.close()

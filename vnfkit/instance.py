@@ -13,9 +13,11 @@ from typing import Any
 import numpy as np
 
 from datapath.attach import Attachment, attach_tc, attach_xdp
+from datapath.errors import PinError
 from datapath.maps import Map
 from datapath.netns import ifindex
 from datapath.objects import BpfObject, load
+from datapath.pins import PinnedObject
 from vnfkit.descriptor import Descriptor, config_values, load_descriptor
 from vnfkit.executors import encode_config
 from vnfkit.introspect import Introspection, introspect
@@ -25,12 +27,21 @@ class KernelInstance:
     """``with KernelInstance("vnfs/firewall", config={...}) as fw: fw.attach(ns, "eth0")``."""
 
     def __init__(self, folder: str | Path, config: dict[str, Any] | None = None, *,
-                 reuse_maps: dict[str, Map] | None = None) -> None:
+                 reuse_maps: dict[str, Map] | None = None, adopt: PinnedObject | None = None) -> None:
+        """Load (and verify) the VNF and write its config; or, with ``adopt``, take an object
+        re-opened from pins (loaded and configured by another process) without changing it."""
         self.folder = Path(folder)
         self.descriptor: Descriptor = load_descriptor(self.folder)
         self.intro: Introspection = introspect(self.folder)
-        self.obj: BpfObject = load(self.intro.object_path, reuse_maps=reuse_maps)
         self.attachments: list[Attachment] = []
+        if adopt is not None:
+            missing = sorted({"vk_counters", *self.intro.tables} - set(adopt.maps))
+            if missing or "vnf_xdp" not in adopt.programs:
+                raise PinError(f"{adopt.path} is not an instance of {self.folder.name}: it lacks "
+                               f"{missing or ['program vnf_xdp']}")
+            self.obj: BpfObject | PinnedObject = adopt
+            return
+        self.obj = load(self.intro.object_path, reuse_maps=reuse_maps)
         self.configure(config or {})
 
     @property

@@ -1,0 +1,158 @@
+"""The agent's gRPC server: the ``Agent`` service over ``HostAgent``, the standard health and
+reflection services, mTLS (or --insecure), ``/metrics`` and the reports to the orchestrator.
+
+``serve(cfg)`` starts everything and returns a ``Running`` to wait on or stop. Stopping leaves
+the data path running from its pins (the next agent adopts it): an agent is a controller,
+killing it stops no packet.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from vnfkit.agent import tls
+from vnfkit.agent.check import capabilities
+from vnfkit.agent.config import AgentConfig
+from vnfkit.agent.core import HostAgent
+from vnfkit.agent.errors import AgentError
+from vnfkit.agent.logs import event
+from vnfkit.agent.metrics import serve_metrics
+from vnfkit.agent.report import Reporter
+from vnfkit.proto import PACKAGE, load
+
+pb, rpc = load()
+log = logging.getLogger("vnfkit.agent")
+MAX_WORKERS = 16  # each WatchCounters stream holds one while it lasts
+
+
+class AgentService(rpc.AgentServicer):
+    """The ``Agent`` service: each call checks, then hands over to ``HostAgent``; a refusal
+    becomes its status code with the agent's message."""
+
+    def __init__(self, agent: HostAgent, cfg: AgentConfig) -> None:
+        self.agent = agent
+        self.cfg = cfg
+
+    @staticmethod
+    def _call(context: grpc.ServicerContext, fn: Any) -> Any:
+        try:
+            return fn()
+        except AgentError as exc:
+            context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
+        except Exception as exc:  # noqa: BLE001 - a bug: say so, keep serving
+            log.exception("request failed")
+            context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+
+    def Prepare(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802 - gRPC names
+        return self._call(context, lambda: pb.PrepareReply(changed=self.agent.prepare(request)))
+
+    def Commit(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        return self._call(context, lambda: (self.agent.commit(request.service, request.generation),
+                                            pb.CommitReply())[1])
+
+    def Abort(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        return self._call(context, lambda: (self.agent.abort(request.service, request.generation), pb.AbortReply())[1])
+
+    def Cleanup(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        return self._call(context, lambda: (self.agent.cleanup(), pb.CleanupReply())[1])
+
+    def Apply(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        return self._call(context, lambda: pb.ApplyReply(changed=self.agent.apply(request)))
+
+    def Remove(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        return self._call(context, lambda: pb.RemoveReply(removed=self.agent.remove(request.service)))
+
+    def Configure(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        control = request.control if request.HasField("control") else None
+        return self._call(context, lambda: pb.ConfigureReply(changed=self.agent.configure(
+            request.service, request.generation, request.function, request.config, control)))
+
+    def ListState(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        return self._call(context, self.agent.state)
+
+    def GetCounters(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        return self._call(context, lambda: self.agent.counters(request.service))
+
+    def WatchCounters(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        interval = request.interval_ms / 1000 if request.interval_ms else self.cfg.counter_interval
+        gone = threading.Event()
+        context.add_callback(gone.set)  # the caller went away: stop at once, not at the next yield
+        while context.is_active():
+            yield self._call(context, lambda: self.agent.counters(request.service))
+            if gone.wait(interval):
+                return
+
+    def Capabilities(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        return self._call(context, lambda: capabilities(self.cfg))
+
+
+@dataclass
+class Running:
+    """A started agent: its gRPC server, metrics server and reporter."""
+
+    agent: HostAgent
+    server: grpc.Server
+    ports: list[int]
+    metrics: Any = None
+    reporter: Reporter | None = None
+
+    def stop(self, grace: float = 2.0) -> None:
+        """Stop serving and let go of the data path, which keeps running."""
+        if self.reporter is not None:
+            self.reporter.stop()
+        if self.metrics is not None:
+            self.metrics.shutdown()
+        self.server.stop(grace).wait()
+        self.agent.release()
+        event(log, "stopped; the data path runs on from its pins", group=self.agent.pins.name)
+
+
+def serve(cfg: AgentConfig) -> Running:
+    """Start the agent as ``cfg`` says: adopt or build the data path, then serve."""
+    if cfg.insecure:
+        event(log, "INSECURE: --insecure serves gRPC without TLS or client certificates; anyone who can "
+                   "reach the listen address controls this host's data path. Development only.",
+              level=logging.WARNING, listen=cfg.listen)
+        server_creds = client_creds = None
+    else:
+        server_creds = tls.server_credentials(cfg.tls.ca, cfg.tls.cert, cfg.tls.key)
+        client_creds = tls.channel_credentials(cfg.tls.ca, cfg.tls.cert, cfg.tls.key)
+    agent = HostAgent(cfg.name, cfg.state_dir, cfg.group, cfg.vnfs_dir, drain=cfg.drain)
+    agent.start()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix="vnfkit-rpc"))
+    rpc.add_AgentServicer_to_server(AgentService(agent, cfg), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = (pb.DESCRIPTOR.services_by_name["Agent"].full_name, health.SERVICE_NAME, reflection.SERVICE_NAME)
+    reflection.enable_server_reflection(names, server)
+    ports = []
+    for address in cfg.listen:
+        port = (server.add_insecure_port(address) if server_creds is None
+                else server.add_secure_port(address, server_creds))
+        if port == 0 and not address.startswith("unix:"):
+            agent.release()
+            raise OSError(f"cannot listen on {address}")
+        ports.append(port)
+    server.start()
+    for name in ("", f"{PACKAGE}.Agent"):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    running = Running(agent, server, ports)
+    if cfg.metrics:
+        running.metrics = serve_metrics(agent, cfg.metrics)
+    if cfg.orchestrator:
+        running.reporter = Reporter(agent, cfg.orchestrator, client_creds, address=cfg.address,
+                                    capabilities=lambda: capabilities(cfg), counter_interval=cfg.counter_interval,
+                                    heartbeat_interval=cfg.heartbeat_interval)
+        running.reporter.start()
+    event(log, "serving", host=cfg.name, listen=cfg.listen, ports=ports, tls=not cfg.insecure,
+          group=cfg.group, state_dir=str(cfg.state_dir), adopted=agent.adopted, metrics=cfg.metrics or None,
+          orchestrator=cfg.orchestrator)
+    return running
