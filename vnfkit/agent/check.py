@@ -65,7 +65,7 @@ def capabilities(cfg: AgentConfig) -> Any:
         problems.append("clang is not installed: VNFs cannot be compiled (run `make setup`)")
     interfaces = _interfaces()
     have = {i.name for i in interfaces}
-    for name in cfg.interfaces:
+    for name in [*cfg.interfaces, *cfg.ingress, *cfg.egress, *([cfg.underlay] if cfg.underlay else [])]:
         if name not in have:
             problems.append(f"interface {name!r} (config 'interfaces') is missing")
     vnfs = known_vnfs(cfg.vnfs_dir)
@@ -80,4 +80,5 @@ def capabilities(cfg: AgentConfig) -> Any:
     return pb.HostCapabilities(host=cfg.name, agent_version=VERSION, kernel=os.uname().release, root=root,
                                bpffs=bpffs_problem is None, btf=btf, interfaces=interfaces, vnfs=vnfs,
                                encaps=[pb.ENCAP_ETH, pb.ENCAP_VXLAN_GPE], max_functions=MAX_FUNCTIONS,
-                               max_local_hops=MAX_LOCAL_HOPS, problems=problems)
+                               max_local_hops=MAX_LOCAL_HOPS, problems=problems, ingress=cfg.ingress,
+                               egress=cfg.egress, underlay=cfg.underlay, cpus=cfg.cpus, memory_mb=cfg.memory_mb)

@@ -19,6 +19,11 @@ machine, and command-line flags over it.
     heartbeat_interval: 5.0
     metrics: "127.0.0.1:9464"        # Prometheus /metrics; "" turns it off
     interfaces: []                   # interfaces this host must have (--check)
+    ingress: []                      # interfaces facing clients (where services' classifier rules go)
+    egress: []                       # interfaces facing servers (where replies of symmetric paths arrive)
+    underlay: ""                     # the interface NSH leaves and arrives on
+    cpus: 4                          # what the orchestrator may place here
+    memory_mb: 4096
     drain: 0.05                      # seconds between a commit and the clean-up after it
     log_level: info
 """
@@ -67,6 +72,11 @@ class AgentConfig:
     heartbeat_interval: float = 5.0
     metrics: str = "127.0.0.1:9464"
     interfaces: list[str] = field(default_factory=list)
+    ingress: list[str] = field(default_factory=list)
+    egress: list[str] = field(default_factory=list)
+    underlay: str = ""
+    cpus: int = 4
+    memory_mb: int = 4096
     drain: float = 0.05
     log_level: str = "info"
 
@@ -121,8 +131,12 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
             elif key in ("insecure",):
                 if not isinstance(value, bool):
                     raise ValueError("true or false")
-            elif key == "interfaces":
+            elif key in ("interfaces", "ingress", "egress"):
                 value = [str(v) for v in value]
+            elif key in ("cpus", "memory_mb"):
+                value = int(value)
+                if value <= 0:
+                    raise ValueError("must be > 0")
             elif value is not None:
                 value = str(value)
         except (TypeError, ValueError) as exc:

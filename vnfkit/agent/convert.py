@@ -157,6 +157,7 @@ def plan_from_segment(seg: Any, host: str, vnfs_dir: Path) -> HostPlan:
         m = r.match
         match = Match(dst=m.dst or None, src=m.src or None, proto=m.proto if m.HasField("proto") else None,
                       dport=(m.dport.first, m.dport.last) if m.HasField("dport") else None,
+                      sport=(m.sport.first, m.sport.last) if m.HasField("sport") else None,
                       vlan=m.vlan if m.HasField("vlan") else None)
         rules.append(RuleSpec(r.spi, r.si, match, tuple(r.interfaces), f"{svc}/{r.name}" if r.name else f"{svc}#{i}"))
     if seg.encap not in ENCAPS:
@@ -207,6 +208,8 @@ def segment_from_plan(plan: HostPlan, service: str, generation: int, vnfs_dir: P
             m.dport.CopyFrom(pb.PortRange(first=r.match.dport[0], last=r.match.dport[1]))
         if r.match.vlan is not None:
             m.vlan = r.match.vlan
+        if r.match.sport is not None:
+            m.sport.CopyFrom(pb.PortRange(first=r.match.sport[0], last=r.match.sport[1]))
         seg.rules.add(spi=r.spi, si=r.si, match=m, interfaces=list(r.interfaces), name=local(r.name))
     for peer in plan.peers:
         seg.peers.add(host=peer.host, mac=peer.mac, ip=peer.ip or "")

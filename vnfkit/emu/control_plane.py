@@ -38,11 +38,7 @@ def start(emu: Emulation, workdir: Path, *, timeout: float = 90.0) -> ControlPla
     workdir.mkdir(parents=True, exist_ok=True)
     certs = workdir / "certs"
     make_dev_certs(certs)
-    orch = f"unix:{workdir}/orchestrator.sock"
-    emu.start("orchestrator", None, [sys.executable, "-m", "vnfkit.orchestrator.server", "--listen", orch,
-                                     "--state", str(workdir / "orchestrator.db"), "--certs", str(certs),
-                                     "--heartbeat-ms", "500", "--counter-ms", "500"],
-              workdir / "orchestrator.log")
+    orch = start_orchestrator(emu, workdir)
     for name, host in emu.state.hosts.items():
         cfg = {"name": name, "listen": [f"unix:{workdir}/agent-{name}.sock"], "state_dir": str(workdir / name),
                "pin_group": pin_group(emu.state.prefix, name), "netns": host.ns, "orchestrator": orch,
@@ -55,11 +51,22 @@ def start(emu: Emulation, workdir: Path, *, timeout: float = 90.0) -> ControlPla
         emu.start(f"agent-{name}", None, [sys.executable, "-m", "vnfkit.agent.cli", "--config", str(path)],
                   workdir / f"agent-{name}.log")
     plane = ControlPlane(workdir, certs, orch)
-    _wait_registered(plane, set(emu.state.hosts), timeout, emu)
+    wait_registered(plane, set(emu.state.hosts), timeout, emu)
     return plane
 
 
-def _wait_registered(plane: ControlPlane, hosts: set[str], timeout: float, emu: Emulation) -> None:
+def start_orchestrator(emu: Emulation, workdir: Path) -> str:
+    """(Re)start the orchestrator of an emulation; its address. Its state is in the work folder,
+    so a restarted one knows the services; the agents' heartbeats find it again."""
+    orch = f"unix:{workdir}/orchestrator.sock"
+    emu.start("orchestrator", None, [sys.executable, "-m", "vnfkit.orchestrator.server", "--listen", orch,
+                                     "--state", str(workdir / "orchestrator.db"), "--certs", str(workdir / "certs"),
+                                     "--heartbeat-ms", "500", "--counter-ms", "500"],
+              workdir / "orchestrator.log")
+    return orch
+
+
+def wait_registered(plane: ControlPlane, hosts: set[str], timeout: float, emu: Emulation) -> None:
     from vnfkit.cli_orch import Control, ControlError
 
     deadline = time.monotonic() + timeout
