@@ -2,8 +2,9 @@
 
 Benchmarks: ``engine`` (per-packet cost by test-run, rate at the far end of a veth), ``sdk`` (one
 VNF source on its kernel, native and model executors, ns/packet side by side) and ``firewall``
-(the firewall VNF's ns/packet at 10, 1,000 and 10,000 rules). Per-VNF figure scripts live beside
-them: perf/{gtp,l4lb,monitor,nat,ratelimit}.py.
+(the firewall VNF's ns/packet at 10, 1,000 and 10,000 rules), ``chains`` (service function paths
+by hop count) and ``suite`` (all of it side by side with the floors and the peers: ``vnfkit
+bench``). Per-VNF figure scripts live beside them: perf/{gtp,l4lb,monitor,nat,ratelimit}.py.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from perf import chains, engine, firewall, sdk
+from perf import chains, engine, firewall, sdk, suite
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
                                           description=firewall.__doc__.splitlines()[0]))
     chains.add_arguments(sub.add_parser("chains", help="service function paths: ns/packet and Mpps by hop count",
                                         description=chains.__doc__.splitlines()[0]))
+    suite.add_arguments(sub.add_parser("suite", help="every scenario side by side: floors, VNFs, chains, peers "
+                                       "(also `vnfkit bench`)", description=suite.__doc__.splitlines()[0]))
     args = parser.parse_args(argv)
     try:
         return args.func(args)

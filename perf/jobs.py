@@ -56,10 +56,15 @@ class Job:
     dst: Callable[[Addrs], str]   # the frames' destination address
     configure: Callable[[Mapping[str, Any], Addrs], dict[str, Any]]  # tables -> config values
     rules: int = 0       # firewall only: the rule count
+    also: tuple[Verdict, ...] = ()  # other verdicts some frames may get (ratelimit: the few that conform)
 
     @property
     def folder(self) -> Path:
         return VNFS / self.vnf
+
+    @property
+    def verdicts(self) -> tuple[Verdict, ...]:
+        return (self.verdict, *self.also)
 
 
 def _other(i: int) -> str:
@@ -147,7 +152,8 @@ JOBS: dict[str, Job] = {
     "l4lb": Job("l4lb", f"UDP VIP over {LB_BACKENDS} backends, Maglev + connection table, DNAT", "forward",
                 Verdict.PASS, ("dnat",), lambda a: a.spare[1], _lb_config),
     "ratelimit": Job("ratelimit", f"token bucket of {RATE_LIMIT_PPS:,} pps on the source prefix, excess dropped",
-                     "drop", Verdict.DROP, ("conform", "exceed_drop"), _server, _ratelimit_config),
+                     "drop", Verdict.DROP, ("conform", "exceed_drop"), _server, _ratelimit_config,
+                     also=(Verdict.PASS,)),
     "monitor": Job("monitor", "per-flow stats, count-min sketch, histograms; passes", "forward", Verdict.PASS,
                    ("ipv4",), _server, _monitor_config),
     "gtp": Job("gtp", "GTP-U downlink encapsulation toward the gNB", "forward", Verdict.PASS, ("down_encap",),

@@ -210,44 +210,58 @@ def tc_police_available() -> tuple[bool, str]:
 # ---- user-space forwarders -------------------------------------------------------------------
 @dataclass
 class Process:
-    """A peer running as a process in a namespace, pinned to a CPU."""
+    """A peer running as a process in a namespace, pinned to a CPU. Its stdin stays open
+    (testpmd exits when its stdin ends); its output is read once it has exited."""
 
     name: str
     proc: subprocess.Popen[str]
     command: list[str]
+    _output: str | None = None
 
     def alive(self) -> bool:
         return self.proc.poll() is None
 
     def output(self) -> str:
-        """What it printed (only once it has exited)."""
+        """What it printed (once it has exited; "" before)."""
+        if self._output is None and not self.alive():
+            out, _ = self.proc.communicate()
+            self._output = (out or "").strip()
+        return self._output or ""
+
+    def pause(self) -> None:
+        """SIGSTOP: a stopped peer takes no CPU from the scenarios measured meanwhile."""
         if self.alive():
-            return ""
-        out, _ = self.proc.communicate()
-        return (out or "").strip()
+            self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if not self.alive():
+            raise RuntimeError(f"{self.name} has exited ({self.proc.returncode}): {self.output()[-800:]}")
+        self.proc.send_signal(signal.SIGCONT)
 
     def stop(self) -> str:
         """SIGINT (testpmd prints its stats and exits), then SIGKILL; what it printed."""
         if self.alive():
+            self.proc.send_signal(signal.SIGCONT)
             self.proc.send_signal(signal.SIGINT)
             try:
-                out, _ = self.proc.communicate(timeout=10)
-                return (out or "").strip()
+                self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-        out, _ = self.proc.communicate()
-        return (out or "").strip()
+        return self.output()
 
 
 @contextlib.contextmanager
-def started(name: str, ns: str, cmd: list[str], cpu: int, ready: float = 0.5) -> Iterator[Process]:
-    """Run ``cmd`` in ``ns`` pinned to ``cpu``; stop it on exit. Raises if it dies at start."""
-    full = ["ip", "netns", "exec", ns, "taskset", "-c", str(cpu), *cmd]
-    proc = subprocess.Popen(full, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+def started(name: str, ns: str, cmd: list[str], cpus: str, ready: float = 0.5) -> Iterator[Process]:
+    """Run ``cmd`` in ``ns`` pinned to ``cpus`` (a taskset list); stop it on exit. Raises if it
+    dies within ``ready`` seconds."""
+    full = ["ip", "netns", "exec", ns, "taskset", "-c", cpus, *cmd]
+    proc = subprocess.Popen(full, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
     p = Process(name, proc, full)
     try:
-        time.sleep(ready)
+        deadline = time.monotonic() + ready
+        while time.monotonic() < deadline and p.alive():
+            time.sleep(0.05)
         if not p.alive():
             raise RuntimeError(f"{name} exited at start ({proc.returncode}): {p.output()[-800:]}")
         yield p
@@ -270,10 +284,11 @@ def testpmd_available() -> tuple[bool, str]:
     return True, path
 
 
-def testpmd(driver: str, in_if: str, out_if: str, cpu: int) -> list[str]:
+def testpmd(driver: str, in_if: str, out_if: str, cpu: int, main_cpu: int) -> list[str]:
     """``dpdk-testpmd`` forwarding (io mode, no rewriting) from ``in_if`` to ``out_if`` over the
     ``af_packet`` or ``af_xdp`` poll-mode driver, without hugepages (none are set up here).
-    One lcore, the path CPU; it busy-polls, as DPDK does."""
+    The forwarding lcore is the path CPU and busy-polls, as DPDK does; the main lcore (on
+    ``main_cpu``) only waits on stdin."""
     if driver not in ("af_packet", "af_xdp"):
         raise ValueError(f"testpmd driver {driver!r}: af_packet or af_xdp")
     vdevs = []
@@ -282,8 +297,9 @@ def testpmd(driver: str, in_if: str, out_if: str, cpu: int) -> list[str]:
             vdevs += ["--vdev", f"net_af_packet{i},iface={ifname},blocksz=4096,framesz=2048,framecnt=512,qpairs=1"]
         else:
             vdevs += ["--vdev", f"net_af_xdp{i},iface={ifname},start_queue=0,queue_count=1"]
-    return [TESTPMD, "-l", str(cpu), "--no-huge", "-m", "512", "--no-pci", "--file-prefix",
-            f"vnfkit-bench-{os.getpid()}", "--log-level", "lib.eal:error", *vdevs, "--",
+    return [TESTPMD, "-l", f"{main_cpu},{cpu}", "--main-lcore", str(main_cpu), "--no-huge", "-m", "512",
+            "--no-pci", "--file-prefix", f"vnfkit-bench-{os.getpid()}-{driver}", "--log-level", "lib.eal:error",
+            *vdevs, "--",
             "--total-num-mbufs=16384", "--forward-mode=io", "--auto-start", "--stats-period=0",
             "--nb-cores=1", "--txq=1", "--rxq=1", "--no-mlockall"]
 

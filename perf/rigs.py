@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,10 +103,12 @@ class Lab:
     def _rx(self, ns: str | None, ifindex: int) -> traffic.DeviceRx:
         return self.stack.enter_context(contextlib.closing(traffic.DeviceRx(ns, ifindex)))
 
-    def dut(self, name: str, forward: bool) -> Dut:
+    def dut(self, name: str, forward: bool, routed: bool = True) -> Dut:
         """A DUT namespace with its ingress link and, to forward, an egress veth to ``out``
         whose far end drops at XDP, routes to everything a job sends to, and a static
-        neighbour entry (the far end's XDP would drop ARP)."""
+        neighbour entry (the far end's XDP would drop ARP). ``routed=False`` leaves IP
+        forwarding off: a user-space forwarder reads copies of the frames, and the stack must
+        not forward the originals beside it."""
         self._duts += 1
         ns = self.topo.add_ns(f"d{self._duts}")
         ingress = self._nic_ingress(ns) if self.nic else self.topo.add_veth(self.gen_ns, ns)
@@ -114,7 +117,7 @@ class Lab:
         if forward:
             egress = self.topo.add_veth(ns, self.out_ns)
             self._xdp(self.drop.program(), self.out_ns, egress.ifname_b)
-            self.topo.set_sysctl(ns, "net.ipv4.ip_forward", "1")
+            self.topo.set_sysctl(ns, "net.ipv4.ip_forward", "1" if routed else "0")
             mac = mac_of(self.out_ns, egress.ifname_b).hex(":")
             in_ns(ns, "ip", "neigh", "replace", egress.addr_b, "lladdr", mac, "dev", egress.ifname_a, "nud",
                   "permanent")
@@ -282,11 +285,12 @@ class Lab:
                          "prefix at netdev ingress, excess dropped", dut, dut.addrs.server, info={"ruleset": ruleset})
 
     def python_forward(self) -> Rig:
-        dut = self.dut("python_fwd", forward=True)
+        dut = self.dut("python_fwd", forward=True, routed=False)
         assert dut.egress is not None
         self._stack_ingress(dut)
         proc = self.stack.enter_context(peers.started(
-            "python forwarder", dut.ns, peers.python_forwarder(dut.ingress.ifname_b, dut.egress.ifname_a), self.cpu))
+            "python forwarder", dut.ns, peers.python_forwarder(dut.ingress.ifname_b, dut.egress.ifname_a),
+            str(self.cpu)))
         return self._rig("python_fwd", "peer", "pure-Python AF_PACKET forwarder (recv + send per frame), "
                          "on the path CPU", dut, dut.addrs.server, process=proc, info={"command": proc.command})
 
@@ -294,13 +298,17 @@ class Lab:
         ok, why = peers.testpmd_available()
         if not ok:
             raise Unavailable(why)
-        dut = self.dut(f"testpmd_{driver}", forward=True)
+        dut = self.dut(f"testpmd_{driver}", forward=True, routed=False)
         assert dut.egress is not None
         if driver == "af_packet":
             self._stack_ingress(dut)
-        cmd = peers.testpmd(driver, dut.ingress.ifname_b, dut.egress.ifname_a, self.cpu)
+        others = sorted(os.sched_getaffinity(0) - {self.cpu})
+        if not others:
+            raise Unavailable("testpmd needs a second CPU for its main lcore")
+        cmd = peers.testpmd(driver, dut.ingress.ifname_b, dut.egress.ifname_a, self.cpu, others[0])
         try:
-            proc = self.stack.enter_context(peers.started(f"testpmd {driver}", dut.ns, cmd, self.cpu, ready=3.0))
+            proc = self.stack.enter_context(peers.started(f"testpmd {driver}", dut.ns, cmd,
+                                                          f"{others[0]},{self.cpu}", ready=3.0))
         except RuntimeError as exc:
             raise Unavailable(str(exc)) from exc
         return self._rig(f"testpmd_{driver}", "peer", f"DPDK dpdk-testpmd io forwarding over net_{driver}, "
