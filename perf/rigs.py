@@ -43,6 +43,7 @@ from vnfkit.instance import KernelInstance
 FLOWS, BASE_PORT = 1024, 4000  # UDP source ports the generator cycles through: 1,024 5-tuples
 CHAIN_SPI = 300
 UNDERLAY_MTU = 1600  # room for NSH and the outer Ethernet header on the two-host underlay
+STRAY_FRAMES = 10  # frames a VNF may see besides the generator's (ARP, say) before a run is an error
 
 
 @dataclass
@@ -222,9 +223,11 @@ class Lab:
             return sum(counters[c][0] for c in job.work)
 
         def check() -> None:
+            # A few frames that are not the generator's may arrive (an ARP reply to the ICMP
+            # error the stack sends for a frame that was passed to it): tolerated, no more.
             counters = inst.counters()
             done, rx = sum(counters[c][0] for c in job.work), counters["rx"][0]
-            if done != rx:
+            if rx - done > max(STRAY_FRAMES, rx // 10_000):
                 others = {k: v[0] for k, v in counters.items() if v[0] and k not in job.work}
                 raise RuntimeError(f"{name}: {rx} frames received, {done} went through {'+'.join(job.work)}; "
                                    f"other counters: {others}: the VNF was not doing its benchmark job")
@@ -308,7 +311,7 @@ class Lab:
         cmd = peers.testpmd(driver, dut.ingress.ifname_b, dut.egress.ifname_a, self.cpu, others[0])
         try:
             proc = self.stack.enter_context(peers.started(f"testpmd {driver}", dut.ns, cmd,
-                                                          f"{others[0]},{self.cpu}", ready=3.0))
+                                                          f"{others[0]},{self.cpu}", ready=1.0))
         except RuntimeError as exc:
             raise Unavailable(str(exc)) from exc
         return self._rig(f"testpmd_{driver}", "peer", f"DPDK dpdk-testpmd io forwarding over net_{driver}, "
