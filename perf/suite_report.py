@@ -216,10 +216,10 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
     if floor:
         ax.axhline(floor["median"], color=FLOOR, linestyle="--", label=f"floor: XDP_DROP {floor['median']:.2f}")
     ax.set_xscale("log")
+    ax.set_yscale("log")  # the peers fall by orders of magnitude
     ax.set_xlabel("rules (the frames match the last)")
-    ax.set_ylabel("Mpps received")
+    ax.set_ylabel("Mpps received (log)")
     ax.set_title("Firewall: throughput vs rules", fontsize=10)
-    ax.set_ylim(0, None)
     ax.legend(fontsize=7)
 
     ax = axes[0][1]
@@ -238,9 +238,10 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
 
     ax = axes[0][2]
     sized = sorted({_base(n)[0] for n in sc if "@" in n})
-    for i, base in enumerate(sized):
-        pts = sorted((sc[n]["frame_bytes_on_wire"], sc[n]) for n in sc if _base(n)[0] == base)
-        _line(ax, [x for x, _ in pts], [s for _, s in pts], base, [FLOOR, "#333333", OURS, PEER][i % 4])
+    size_colors = {"floor_drop": "#333333", "floor_redirect": FLOOR, "firewall_1000": OURS, "nft_fw_1000": PEER}
+    for base in sized:
+        pts = sorted(((sc[n]["frame_bytes_on_wire"], sc[n]) for n in sc if _base(n)[0] == base), key=lambda p: p[0])
+        _line(ax, [x for x, _ in pts], [s for _, s in pts], base, size_colors.get(base, CHAIN))
     ax.set_xlabel("frame size on the wire (bytes)")
     ax.set_ylabel("Mpps received")
     ax.set_title("Throughput vs frame size", fontsize=10)
@@ -265,8 +266,8 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
     ax.set_title("Per executor: each VNF's job, ns/packet", fontsize=10)
     ax.legend(fontsize=7)
 
-    for ax, key, title in ((axes[1][1], None, "Every scenario: throughput (64 B)"),
-                           (axes[1][2], "no_drop", "No-drop rate (loss ≤ threshold), where searched")):
+    for ax, key, title in ((axes[1][1], None, "Throughput, 64 B"),
+                           (axes[1][2], "no_drop", "No-drop rate, 64 B (where searched)")):
         names = [n for n in sc if "@" not in n and (key is None or key in sc[n])]
         stats = [sc[n] if key is None else sc[n][key] for n in names]
         med = [s["median"] for s in stats]
@@ -276,7 +277,7 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
         ax.set_yticks(range(len(names)), names, fontsize=7)
         ax.invert_yaxis()
         ax.set_xlabel("Mpps received")
-        ax.set_title(title + " — grey floor, blue VNF, green chain, orange peer", fontsize=9)
+        ax.set_title(title + ": grey floor, blue VNF, green chain, orange peer", fontsize=9)
         for i, m in enumerate(med):
             ax.annotate(f"{m:.2f}", (m, i), xytext=(3, 0), textcoords="offset points", va="center", fontsize=6)
     title = report.figure_title(doc, "suite", "medians of {runs} runs on one CPU, bars min–max")
