@@ -86,6 +86,7 @@ class Lab:
     def __init__(self, topo: netns.Topology, stack: contextlib.ExitStack, cpu: int,
                  nic: tuple[str, str] | None = None) -> None:
         self.topo, self.stack, self.cpu, self.nic = topo, stack, cpu, nic
+        self._lab_stack = stack  # what outlives every rig (``scope`` swaps self.stack per rig)
         self.gen_ns, self.out_ns = topo.add_ns("gen"), topo.add_ns("out")
         self.gen: BpfObject = stack.enter_context(load(builtin("xdp_gen")))
         self.drop: BpfObject = stack.enter_context(load(builtin("xdp_pass"), defines={"VERDICT": "XDP_DROP"}))
@@ -322,7 +323,7 @@ class Lab:
     def _chain_function(self) -> Path:
         if self._chain_folder is None:
             from perf.chains import trivial_function
-            self._chain_folder = self.stack.enter_context(trivial_function())
+            self._chain_folder = self._lab_stack.enter_context(trivial_function())
         return self._chain_folder
 
     def chain_local(self, hops: int) -> Rig:

@@ -24,6 +24,11 @@ no-drop rate with the paced generator (perf/ratesearch.py). One more run per ker
 with bpf run-time stats on gives each program's ns per run under live traffic (not part of
 the rates: the stats slow every program down).
 
+Not here yet: the user-space AF_XDP executor (datapath/xsk, being built separately). It plugs
+in as a third column of perf/functions.py (its per-packet cost beside kernel and native) and
+as a rig in perf/rigs.py (``Lab.function(name)`` with the VNF behind an XSK socket on the
+DUT's ingress, forwarding to the egress), measured like testpmd_af_xdp.
+
 Every number is a median over runs with min and max; rate scenarios are interleaved run by
 run (rotating order) and ratios taken per run. The generator, the DUT and user-space peers
 share one pinned CPU; the measuring thread keeps to another.

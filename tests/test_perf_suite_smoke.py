@@ -65,3 +65,23 @@ def test_suite_smoke(tmp_path: Path) -> None:
     assert "tc_police" in doc["unavailable"]  # with the reason
     assert doc["machine"]["kernel"] and doc["versions"]["nft"]
     assert js.with_suffix(".png").is_file()
+
+
+@pytest.mark.kernel
+def test_suite_nic_mode_smoke(topo, tmp_path: Path) -> None:  # noqa: ANN001 - the fixture's Topology
+    # No NIC here to give it: a veth pair in the host namespace stands in for two cabled
+    # NICs, which exercises the --iface/--peer-iface path (moving the links into the rigs'
+    # namespaces one rig at a time), not a driver.
+    pair = topo.add_veth(None, None)
+    res = subprocess.run([sys.executable, "-m", "vnfkit.cli", "bench", "--quick", "--smoke", "--runs", "5",
+                          "--iface", pair.ifname_b, "--peer-iface", pair.ifname_a, "--only", "floor_drop", "nat",
+                          "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
+    [js] = tmp_path.glob("suite-*.json")
+    doc = json.loads(js.read_text())
+    assert doc["parameters"]["links"] == {"iface": pair.ifname_b, "peer_iface": pair.ifname_a}
+    assert {"floor_drop", "floor_drop@1518", "nat"} <= set(doc["scenarios"])
+    for name in ("floor_drop", "nat"):
+        rig = doc["setup"]["rigs"][name]
+        assert rig["ingress"] == pair.ifname_b, name  # the DUT received on the "NIC"
+        assert all(r["received"] > 0 for r in doc["scenarios"][name]["runs"]), name
