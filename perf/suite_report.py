@@ -198,6 +198,14 @@ def _line(ax: Any, xs: list[int], stats: list[dict[str, Any]], label: str, color
     ax.errorbar(xs, med, yerr=err, marker=marker, capsize=3, color=color, label=label, linestyle=style)
 
 
+def _rate_axes(ax: Any, xlabel: str, title: str) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("Mpps received")
+    ax.set_title(title, fontsize=10)
+    ax.set_ylim(0, None)
+    ax.legend(fontsize=7)
+
+
 def plot(doc: dict[str, Any], path: Path) -> Path:
     """Six panels: throughput vs rules, vs chain length, vs frame size; per executor (ns);
     every rate scenario (bars by group); no-drop rates."""
@@ -230,11 +238,7 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
         _line(ax, [2], [sc["chain_remote_2"]], "two hosts (NSH over a veth underlay)", PEER, "D")
     if floor:
         ax.axhline(floor["median"], color=FLOOR, linestyle="--", label="floor: XDP_DROP")
-    ax.set_xlabel("functions in the path")
-    ax.set_ylabel("Mpps received")
-    ax.set_title("Service chains: throughput vs chain length", fontsize=10)
-    ax.set_ylim(0, None)
-    ax.legend(fontsize=7)
+    _rate_axes(ax, "functions in the path", "Service chains: throughput vs chain length")
 
     ax = axes[0][2]
     sized = sorted({_base(n)[0] for n in sc if "@" in n})
@@ -242,11 +246,7 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
     for base in sized:
         pts = sorted(((sc[n]["frame_bytes_on_wire"], sc[n]) for n in sc if _base(n)[0] == base), key=lambda p: p[0])
         _line(ax, [x for x, _ in pts], [s for _, s in pts], base, size_colors.get(base, CHAIN))
-    ax.set_xlabel("frame size on the wire (bytes)")
-    ax.set_ylabel("Mpps received")
-    ax.set_title("Throughput vs frame size", fontsize=10)
-    ax.set_ylim(0, None)
-    ax.legend(fontsize=7)
+    _rate_axes(ax, "frame size on the wire (bytes)", "Throughput vs frame size")
 
     ax = axes[1][0]
     fns = [n.removeprefix("testrun_") for n in pp if n.startswith("testrun_") and n != "testrun_floor"]
