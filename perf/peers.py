@@ -22,6 +22,7 @@ import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from perf.report import REPO
@@ -284,6 +285,19 @@ def testpmd_available() -> tuple[bool, str]:
     return True, path
 
 
+DPDK_RUN = Path("/var/run/dpdk")
+
+
+def testpmd_prefix(driver: str) -> str:
+    """The EAL file prefix of this process's testpmd for ``driver``: its runtime folder is
+    DPDK_RUN / prefix, which testpmd leaves behind (``remove_runtime`` takes it away)."""
+    return f"vnfkit-bench-{os.getpid()}-{driver}"
+
+
+def remove_runtime(driver: str) -> None:
+    shutil.rmtree(DPDK_RUN / testpmd_prefix(driver), ignore_errors=True)
+
+
 def testpmd(driver: str, in_if: str, out_if: str, cpu: int, main_cpu: int) -> list[str]:
     """``dpdk-testpmd`` forwarding (io mode, no rewriting) from ``in_if`` to ``out_if`` over the
     ``af_packet`` or ``af_xdp`` poll-mode driver, without hugepages (none are set up here).
@@ -298,7 +312,7 @@ def testpmd(driver: str, in_if: str, out_if: str, cpu: int, main_cpu: int) -> li
         else:
             vdevs += ["--vdev", f"net_af_xdp{i},iface={ifname},start_queue=0,queue_count=1"]
     return [TESTPMD, "-l", f"{main_cpu},{cpu}", "--main-lcore", str(main_cpu), "--no-huge", "-m", "512",
-            "--no-pci", "--file-prefix", f"vnfkit-bench-{os.getpid()}-{driver}", "--log-level", "lib.eal:error",
+            "--no-pci", "--file-prefix", testpmd_prefix(driver), "--log-level", "lib.eal:error",
             *vdevs, "--",
             "--total-num-mbufs=16384", "--forward-mode=io", "--auto-start", "--stats-period=0",
             "--nb-cores=1", "--txq=1", "--rxq=1", "--no-mlockall"]

@@ -310,6 +310,7 @@ class Lab:
         if not others:
             raise Unavailable("testpmd needs a second CPU for its main lcore")
         cmd = peers.testpmd(driver, dut.ingress.ifname_b, dut.egress.ifname_a, self.cpu, others[0])
+        self.stack.callback(peers.remove_runtime, driver)  # after the process has stopped (LIFO)
         try:
             proc = self.stack.enter_context(peers.started(f"testpmd {driver}", dut.ns, cmd,
                                                           f"{others[0]},{self.cpu}", ready=1.0))
