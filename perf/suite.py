@@ -128,8 +128,13 @@ def _one_rate_run(s: Scenario, lab: rigs.Lab, profile: Profile, cpu: int, spins:
             if attempts > 1:
                 budget *= 2  # the sender ran dry inside the window: the estimate was too low
             work_before = rig.work() if rig.work else 0
-            window = traffic.measure(s.sender, budget, rig.rx, cpu, seconds=profile.seconds, lead=profile.lead)
-        s.estimate = window.mpps * 1e6
+            try:
+                window = traffic.measure(s.sender, budget, rig.rx, cpu, seconds=profile.seconds, lead=profile.lead)
+            except RuntimeError as exc:
+                raise RuntimeError(f"{s.name}: {exc}") from exc
+        # The budget follows the fastest rate seen: one run slowed by a neighbour on this busy
+        # machine must not shrink the next budget below a window (a larger one costs only time).
+        s.estimate = max(s.estimate, window.mpps * 1e6)
         out: dict[str, Any] = {**asdict(window), "lost": window.sent - window.received, "attempts": attempts}
         if rig.work:
             out["work"] = rig.work() - work_before
