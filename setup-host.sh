@@ -15,6 +15,7 @@ packages=(
     clang llvm libbpf-dev libxdp-dev libelf-dev zlib1g-dev pkg-config gcc make
     bpftool iproute2 iputils-ping ethtool tshark nftables iptables iperf3
     python3 python3-venv python3-dev python3-bpfcc
+    dpdk-dev  # dpdk-testpmd and its af_packet/af_xdp drivers: a peer in the benchmark suite
     "linux-headers-$arch"
 )
 missing=()

@@ -4,7 +4,8 @@ Benchmarks: ``engine`` (per-packet cost by test-run, rate at the far end of a ve
 VNF source on its kernel, native and model executors, ns/packet side by side), ``firewall``
 (the firewall VNF's ns/packet at 10, 1,000 and 10,000 rules), ``chains`` (service function
 paths by hop count), ``xsk`` (the firewall in user space over AF_XDP: packets/s against XDP and a
-Python loop) and ``agent`` (vnfkit-agent: time to apply a segment, counter latency).
+Python loop), ``agent`` (vnfkit-agent: time to apply a segment, counter latency) and ``suite`` (all of it
+side by side with the floors and the peers: ``vnfkit bench``).
 Per-VNF figure scripts live beside them: perf/{gtp,l4lb,monitor,nat,ratelimit}.py.
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from perf import agent, chains, engine, firewall, sdk, xsk
+from perf import agent, chains, engine, firewall, sdk, suite, xsk
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
                                      "Python loop", description=xsk.__doc__.splitlines()[0]))
     agent.add_arguments(sub.add_parser("agent", help="host agent: time to apply a 5-function segment, counter latency",
                                        description=agent.__doc__.splitlines()[0]))
+    suite.add_arguments(sub.add_parser("suite", help="every scenario side by side: floors, VNFs, chains, peers "
+                                       "(also `vnfkit bench`)", description=suite.__doc__.splitlines()[0]))
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -155,8 +155,8 @@ class SingleShot:
     The options are built once; only the kernel's own ``duration`` is kept (the syscall and
     Python around it are not the program's cost)."""
 
-    def __init__(self, prog: Program, frame: bytes) -> None:
-        self.prog = prog
+    def __init__(self, prog: Program, frame: bytes, expect: frozenset[int] = frozenset({PASS})) -> None:
+        self.prog, self.expect = prog, expect
         self._data = bytes(frame)  # kept alive: the options point into it
         self._opts = ffi.new("struct bpf_test_run_opts *")
         self._opts.sz = ffi.sizeof("struct bpf_test_run_opts")
@@ -165,23 +165,24 @@ class SingleShot:
         self._opts.repeat = 1
 
     def run(self, calls: int) -> dict[str, float]:
-        """The kernel-measured ns of ``calls`` calls, each returning XDP_PASS or this raises.
+        """The kernel-measured ns of ``calls`` calls, each returning one of ``expect`` or this raises.
 
         One call's duration ticks in steps of about 10 ns on these VMs, so a median would be
         quantised to the tick: ``ns`` is the mean, whose rounding averages out, without the
         slowest 1% of calls (an interrupt inside one call would add microseconds to it).
         The plain mean and the median are kept beside it."""
-        run, fd, opts = lib.bpf_prog_test_run_opts, self.prog.fd, self._opts
+        run, fd, opts, expect = lib.bpf_prog_test_run_opts, self.prog.fd, self._opts, self.expect
         durations = np.empty(calls, dtype=np.uint32)
-        not_pass = 0
+        wrong = 0
         for i in range(calls):
             ret = run(fd, opts)
             if ret < 0:
                 raise BpfError(f"test-run of program '{self.prog.name}'", -ret)
             durations[i] = opts.duration
-            not_pass += opts.retval != PASS
-        if not_pass:
-            raise RuntimeError(f"{self.prog.name}: {not_pass} of {calls} single-shot runs did not return XDP_PASS")
+            wrong += opts.retval not in expect
+        if wrong:
+            raise RuntimeError(f"{self.prog.name}: {wrong} of {calls} single-shot runs did not return "
+                               f"{'/'.join(XdpAction(e).name for e in sorted(expect))}")
         durations.sort()
         kept = durations[:max(1, calls - calls // 100)]
         return {"ns": float(kept.mean()), "mean_ns": float(durations.mean()), "median_ns": float(np.median(durations))}

@@ -178,6 +178,19 @@ def _batch_loop(calls: int, fn: Callable[..., None], buf: Any, slot_size: int, n
         fn(buf, slot_size, n, offsets, lens, res)
 
 
+def _copy_loop(calls: int, copy: Callable[..., None], dst: Any, src: Any) -> None:
+    for _ in itertools.repeat(None, calls):
+        copy(dst, src)
+
+
+def _fresh_batch_loop(calls: int, copy: Callable[..., None], dst: Any, src: Any, fn: Callable[..., None], buf: Any,
+                      slot_size: int, n: int, offsets: Any, lens: Any, res: Any) -> None:
+    """``_batch_loop`` with the frames restored before every call."""
+    for _ in itertools.repeat(None, calls):
+        copy(dst, src)
+        fn(buf, slot_size, n, offsets, lens, res)
+
+
 def _single_loop(calls: int, fn: Callable[..., None], buf: Any, offset: int, length: int, res: Any) -> None:
     """``vk_native_run(buf, offset, length, res)`` ``calls`` times."""
     for _ in itertools.repeat(None, calls):
@@ -243,6 +256,19 @@ class NativeBatch:
         wall, cpu, _ = _timed(_batch_loop, calls, self.lib.vk_native_run_batch, self.c_buf, SLOT_SIZE, n,
                               self.c_offsets, self.c_lens, self.res)
         return wall, cpu
+
+    def run_fresh(self, calls: int) -> tuple[int, int, int]:
+        """Time ``calls`` batch calls, each on pristine frames (the frame bytes of every slot
+        copied back first, as a NIC would have written new ones): a VNF that rewrites frames in
+        place would otherwise see its own output from the second call on. Returns wall and CPU
+        ns of the whole loop and the wall ns of the same copies alone, to subtract."""
+        self.refresh()
+        view = self.buf.reshape(BATCH, SLOT_SIZE)[:, HEADROOM:HEADROOM + len(self.frame)]
+        pristine = view.copy()
+        copies, _, _ = _timed(_copy_loop, calls, np.copyto, view, pristine)
+        wall, cpu, _ = _timed(_fresh_batch_loop, calls, np.copyto, view, pristine, self.lib.vk_native_run_batch,
+                              self.c_buf, SLOT_SIZE, BATCH, self.c_offsets, self.c_lens, self.res)
+        return wall, cpu, copies
 
     def run_single(self, calls: int) -> tuple[int, int]:
         """Time ``calls`` calls of ``vk_native_run`` on one frame."""

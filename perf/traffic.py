@@ -30,6 +30,7 @@ from datapath.objects import Program
 
 FRAME_BYTES = 60  # a "64-byte frame" of RFC 2544: 60 bytes + the 4-byte FCS the kernel never sees
 DST_PORT = 9  # discard
+HEAD_BYTES = 42  # what xdp_gen restores on every run when asked: Ethernet + IPv4 + UDP headers
 
 
 def udp_frame(src_mac: str, dst_mac: str, src_ip: str, dst_ip: str, sport: int,
@@ -91,10 +92,16 @@ class LiveFrames:
     base_port: int
     batch_size: int = 64
     name: str = "xdp_gen live frames"
+    interval_ns: int = 0  # pacing: one frame per interval (0: as fast as it can); see xdp_gen.c
+    limit: int = 0        # frames to send at most (0: one per repetition)
+    head: Map | None = None  # xdp_gen's head map: restore the headers on every run (receivers that rewrite)
 
     def send(self, count: int, stop: threading.Event) -> int:
         # One generator object may serve several veths: its target is set per call.
-        self.cfg[0] = {"ifindex": self.ifindex, "flows": self.flows, "base_port": self.base_port}
+        if self.head is not None:
+            self.head[0] = self.frame[:HEAD_BYTES]
+        self.cfg[0] = {"ifindex": self.ifindex, "flows": self.flows, "base_port": self.base_port,
+                       "interval_ns": self.interval_ns, "limit": self.limit, "rewrite_head": int(self.head is not None)}
         with netns.enter(self.ns):
             self.program.send_live(self.frame, count, self.ifindex, batch_size=self.batch_size)
         return count
@@ -269,3 +276,12 @@ def measure(sender: Sender, count: int, rx: Callable[[], int], cpu: int, *,
         return None
     return Window(mpps=(c1 - c0) / (t1 - t0) / 1e6, window_s=t1 - t0, sent=worker.sent, received=received,
                   sender_s=worker.end - worker.start)
+
+
+def run_once(sender: Sender, count: int, rx: Callable[[], int], cpu: int) -> tuple[int, float]:
+    """Run ``sender`` for ``count`` frames (repetitions) on ``cpu`` to the end; return the
+    frames the receiver counted (once its counter settled) and the sender's wall time."""
+    before = rx()
+    worker = _Worker(sender, count, cpu).run()
+    worker.finish()
+    return settled(rx) - before, worker.end - worker.start

@@ -130,6 +130,15 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    # perf (matplotlib, numpy) loads only here: every other command starts as fast as before.
+    from perf import suite
+
+    parser = argparse.ArgumentParser(prog="vnfkit bench", description=suite.__doc__.splitlines()[0])
+    suite.add_arguments(parser)
+    return suite.main(parser.parse_args(args.bench_args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vnfkit", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true", help="full logs (the whole verifier log on rejection)")
@@ -163,6 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("cleanup", help="remove namespaces and interfaces left by killed runs").set_defaults(
         func=cmd_cleanup)
 
+    # The benchmark suite: its options are perf's own (python -m perf suite takes the same), parsed
+    # in cmd_bench, so `vnfkit bench --help` shows them.
+    s = sub.add_parser("bench", add_help=False, help="the benchmark suite: floors, VNFs, chains and peers side "
+                       "by side (vnfkit bench --help; --quick: under five minutes)")
+    s.set_defaults(func=cmd_bench, bench_args=[])
+
     from vnfkit import cli_emu, cli_orch, cli_sdk, cli_vnf
 
     cli_vnf.register(sub)
@@ -173,7 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "bench":
+        args.bench_args = extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     # SIGTERM unwinds like Ctrl-C, so context managers remove namespaces and pins.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
