@@ -18,12 +18,22 @@ def vnfkit(*args: str) -> subprocess.CompletedProcess[str]:
                           timeout=120)
 
 
-def test_demo_runs_end_to_end_and_counts_match() -> None:
+def test_demo_runs_end_to_end_and_cleans_up() -> None:
+    """The README's first command: the chain demo across three emulated hosts."""
     res = vnfkit("demo", "--seconds", "1")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "result: OK" in res.stdout and "What you saw" in res.stdout
+    # It cleaned up after itself: no namespace or pin group of the demo remains.
+    prefix = res.stdout.split("netns ", 1)[1].split()[0].split("-")[0].rstrip(",")
+    assert prefix not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert not list(Path("/sys/fs/bpf/vnfkit").glob(f"emu-{prefix}-*"))
+
+
+def test_engine_demo_counts_match() -> None:
+    res = vnfkit("demo", "--engine", "--seconds", "1")
     assert res.returncode == 0, res.stdout + res.stderr
     assert "counts match" in res.stdout
     assert "native mode" in res.stdout
-    # It cleaned up after itself: no namespace or pin group of the demo remains.
     prefix = res.stdout.split("removed namespaces", 1)[1].split()[0].split("-")[0]
     assert prefix not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert not list(Path("/sys/fs/bpf/vnfkit").glob(f"demo-{prefix}"))
