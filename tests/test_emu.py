@@ -134,3 +134,67 @@ def test_down_after_up_was_killed(tmp_path: Path) -> None:
     assert not any(_ns_exists(ns) for ns in made)
     again = subprocess.run([*vnfkit, "emu", "down", "emukill"], env=env, capture_output=True, text=True, timeout=60)
     assert again.returncode == 1 and "no emulation 'emukill' is up" in again.stderr
+
+
+@pytest.mark.kernel
+def test_emu_up_runs_the_control_plane_and_a_deploy_carries_http(tmp_path: Path) -> None:
+    """The commands a user types after the demo: 'emu up' brings hosts, agents, an orchestrator
+    and web servers; 'deploy --emu' the service it wrote; HTTP goes through the chain; the
+    orchestrator's /metrics shows it; 'emu down' leaves nothing behind."""
+    import socket
+    import urllib.request
+
+    from vnfkit.emu.traffic import http_get
+
+    env = {**os.environ, "VNFKIT_EMU_DIR": str(tmp_path / "state")}
+    topo = tmp_path / "topology.yaml"
+    topo.write_text((ROOT / "examples" / "topology.yaml").read_text().replace("name: demo", "name: emucp"))
+    with socket.socket() as s:  # a free port for /metrics
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    vnfkit = [sys.executable, "-m", "vnfkit.cli"]
+
+    def run(*args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+        res = subprocess.run([*vnfkit, *args], env=env, capture_output=True, text=True, timeout=240)
+        assert (res.returncode == 0) == ok, res.stdout + res.stderr
+        return res
+
+    up = run("emu", "up", str(topo), "--metrics", f"127.0.0.1:{port}")
+    state = json.loads((tmp_path / "state" / "emucp.json").read_text())
+    try:
+        assert "vnfkit deploy" in up.stdout and "--emu emucp" in up.stdout
+        hosts = run("hosts", "--emu", "emucp").stdout
+        assert all(h in hosts for h in ("h1", "h2", "h3"))
+        service = state["extra"]["service"]
+        deployed = run("deploy", service["path"], "--emu", "emucp").stdout
+        assert "web" in deployed
+        client = state["endpoints"]["client"]["ns"]
+        answers = {http_get(client, service["vip"], 80).strip() for _ in range(20)}
+        assert answers == {"served by web1", "served by web2"}
+        deadline = time.monotonic() + 15
+        while True:  # the agents report every 0.5 s
+            metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+            line = next((m for m in metrics.splitlines() if m.startswith("vnfkit_service_function_packets_total")
+                         and 'function="fw"' in m and 'counter="rx"' in m), "")
+            if line and float(line.split()[-1]) > 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert line and float(line.split()[-1]) > 0, metrics
+        assert 'vnfkit_host_up{host="h3"} 1.0' in metrics
+        assert "fw" in run("counters", "web", "--emu", "emucp").stdout
+    finally:
+        down = run("emu", "down", "emucp")
+    assert "what a crash left" not in down.stdout  # the supervisor took it all down itself
+    made = [h["ns"] for h in state["hosts"].values()] + [e["ns"] for e in state["endpoints"].values()]
+    assert not any(_ns_exists(ns) for ns in made)
+    assert not list(Path("/sys/fs/bpf/vnfkit").glob(f"emu-{state['prefix']}-*"))
+    assert not (tmp_path / "state" / "emucp").exists()
+    assert all(not _alive(p["pid"]) for p in state["agents"].values())
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

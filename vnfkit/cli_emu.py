@@ -20,7 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = emu.add_subparsers(dest="emu_command", required=True)
     s = sub.add_parser("up", help="bring up the topology of a topology.yaml (in the background)")
     s.add_argument("topology", metavar="TOPOLOGY", help="the topology.yaml")
-    s.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for it to be ready")
+    s.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for it to be ready")
+    s.add_argument("--bare", action="store_true", help="no control plane: hosts, underlay and endpoints only")
+    s.add_argument("--metrics", default="", metavar="HOST:PORT", help="the orchestrator's Prometheus /metrics")
     s.set_defaults(func=cmd_up)
     s = sub.add_parser("down", help="remove an emulation, also what a crashed 'emu up' left")
     s.add_argument("name", metavar="NAME")
@@ -38,8 +40,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     log = STATE_DIR / f"{topology.name}.log"
     STATE_DIR.mkdir(parents=True, exist_ok=True)
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "vnfkit.emu.supervise", str(Path(args.topology).resolve())],
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        argv = [sys.executable, "-m", "vnfkit.emu.supervise", str(Path(args.topology).resolve())]
+        argv += ["--bare"] if args.bare else []
+        argv += ["--metrics", args.metrics] if args.metrics else []
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -76,6 +80,19 @@ def _show(state: object) -> None:
     for key, proc in state.agents.items():
         t.add_row(key, "process", proc.get("ns") or "-", f"pid {proc['pid']}", proc.get("log", ""))
     console.print(t)
+    plane = state.extra.get("control_plane")
+    if plane:
+        console.print(f"orchestrator {plane['orchestrator']} (mutual TLS, certificates in {plane['certs']})"
+                      + (f", /metrics on {plane['metrics']}" if plane.get("metrics") else ""))
+        service = state.extra.get("service")
+        if service:
+            console.print(f"a service for it: {service['path']} (firewall -> nat -> l4lb -> monitor, VIP "
+                          f"{service['vip']}:80 from {service['client']} to {', '.join(service['servers'])})")
+            client_ns = state.endpoints[service["client"]].ns
+            console.print(f"  vnfkit deploy {service['path']} --emu {state.name}")
+            console.print(f"  ip netns exec {client_ns} curl -s http://{service['vip']}/")
+        console.print(f"  vnfkit hosts --emu {state.name} · vnfkit services --emu {state.name} · "
+                      f"vnfkit counters --watch --emu {state.name}")
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -30,6 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         s.add_argument("--certs", type=Path, default=Path(os.environ.get("VNFKIT_CERTS", "/etc/vnfkit/certs")),
                        help="folder with ca.pem, client.pem and client.key (default $VNFKIT_CERTS)")
         s.add_argument("--insecure", action="store_true", help="plain gRPC (an orchestrator in --insecure mode)")
+        s.add_argument("--emu", metavar="NAME", help="the orchestrator of emulation NAME ('vnfkit emu up'): its "
+                       "address and certificates, instead of --orchestrator and --certs")
 
     s = subparsers.add_parser("deploy", help="deploy a service.yaml through the orchestrator")
     s.add_argument("service", metavar="SERVICE_YAML")
@@ -92,6 +94,13 @@ class Control:
 
 
 def _control(args: argparse.Namespace) -> Control:
+    if args.emu:
+        from vnfkit.emu.emulation import EmuError, State
+
+        plane = State.read(args.emu).extra.get("control_plane")
+        if not plane:
+            raise EmuError(f"emulation {args.emu!r} runs no control plane (it was brought up with --bare)")
+        return Control(plane["orchestrator"], Path(plane["certs"]))
     return Control(args.orchestrator, None if args.insecure else args.certs)
 
 

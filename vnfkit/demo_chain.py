@@ -61,6 +61,16 @@ classifier:
 """
 
 
+def web_service(emu: Emulation, client: str, servers: list[str]) -> tuple[str, str, str]:
+    """The demo's service for this emulation's addresses: (service.yaml text, VIP, NAT pool).
+    The VIP and the pool are addresses of the emulation's range that no interface uses."""
+    vip, pool = emu.net.spare_addresses()
+    eps = emu.state.endpoints
+    text = SERVICE.format(inside=f"{eps[client].ip}/32", pool=pool, vip=vip,
+                          backends=", ".join(f'{{addr: "{eps[w].ip}", port: 8080}}' for w in servers))
+    return text, vip, pool
+
+
 def topology() -> Topology:
     return Topology("demo", [Host("h1", cpus=1), Host("h2", cpus=2), Host("h3", cpus=1)],
                     [Endpoint("client", "h1", "client"), Endpoint("web1", "h3", "server"),
@@ -107,11 +117,9 @@ def run(seconds: float = 6.0, console: Console | None = None) -> int:
             console.print(f"  {name} ({e.role}) on {e.host}: {e.ip}")
         plane = control_plane.start(emu, workdir)
         console.print(f"  orchestrator and {len(state.hosts)} agents up, mutual TLS (certs in {plane.certs})")
-        vip, pool = emu.net.spare_addresses()
+        text, vip, pool = web_service(emu, "client", ["web1", "web2"])
         client = state.endpoints["client"]
         webs = [state.endpoints["web1"], state.endpoints["web2"]]
-        text = SERVICE.format(inside=f"{client.ip}/32", pool=pool, vip=vip,
-                              backends=", ".join(f'{{addr: "{w.ip}", port: 8080}}' for w in webs))
         service = workdir / "service.yaml"
         service.write_text(text)
 

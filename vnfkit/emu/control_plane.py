@@ -22,6 +22,7 @@ class ControlPlane:
     workdir: Path
     certs: Path
     orchestrator: str  # its address, for the vnfkit CLI (--orchestrator)
+    metrics: str = ""  # the orchestrator's /metrics (host:port), if it serves one
 
     def cli_args(self) -> list[str]:
         return ["--orchestrator", self.orchestrator, "--certs", str(self.certs)]
@@ -31,14 +32,15 @@ def pin_group(emu_prefix: str, host: str) -> str:
     return f"emu-{emu_prefix}-{host}"
 
 
-def start(emu: Emulation, workdir: Path, *, timeout: float = 90.0) -> ControlPlane:
-    """Certificates, the orchestrator, the agents; returns once every agent is registered."""
+def start(emu: Emulation, workdir: Path, *, timeout: float = 90.0, metrics: str = "") -> ControlPlane:
+    """Certificates, the orchestrator, the agents; returns once every agent is registered.
+    ``metrics`` (host:port): the orchestrator serves Prometheus /metrics there."""
     from vnfkit.agent.tls import make_dev_certs
 
     workdir.mkdir(parents=True, exist_ok=True)
     certs = workdir / "certs"
     make_dev_certs(certs)
-    orch = start_orchestrator(emu, workdir)
+    orch = start_orchestrator(emu, workdir, metrics=metrics)
     for name, host in emu.state.hosts.items():
         cfg = {"name": name, "listen": [f"unix:{workdir}/agent-{name}.sock"], "state_dir": str(workdir / name),
                "pin_group": pin_group(emu.state.prefix, name), "netns": host.ns, "orchestrator": orch,
@@ -50,18 +52,19 @@ def start(emu: Emulation, workdir: Path, *, timeout: float = 90.0) -> ControlPla
         path.write_text(yaml.safe_dump(cfg))
         emu.start(f"agent-{name}", None, [sys.executable, "-m", "vnfkit.agent.cli", "--config", str(path)],
                   workdir / f"agent-{name}.log")
-    plane = ControlPlane(workdir, certs, orch)
+    plane = ControlPlane(workdir, certs, orch, metrics)
     wait_registered(plane, set(emu.state.hosts), timeout, emu)
     return plane
 
 
-def start_orchestrator(emu: Emulation, workdir: Path) -> str:
+def start_orchestrator(emu: Emulation, workdir: Path, *, metrics: str = "") -> str:
     """(Re)start the orchestrator of an emulation; its address. Its state is in the work folder,
     so a restarted one knows the services; the agents' heartbeats find it again."""
     orch = f"unix:{workdir}/orchestrator.sock"
     emu.start("orchestrator", None, [sys.executable, "-m", "vnfkit.orchestrator.server", "--listen", orch,
                                      "--state", str(workdir / "orchestrator.db"), "--certs", str(workdir / "certs"),
-                                     "--heartbeat-ms", "500", "--counter-ms", "500"],
+                                     "--heartbeat-ms", "500", "--counter-ms", "500",
+                                     *(["--metrics", metrics] if metrics else [])],
               workdir / "orchestrator.log")
     return orch
 

@@ -26,6 +26,7 @@ import contextlib
 import ipaddress
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -301,6 +302,10 @@ def down(name: str, on_removed: Callable[[str], None] | None = None) -> list[str
     from vnfkit.emu.control_plane import remove_pins
 
     removed += remove_pins(state.prefix)  # what killed agents left pinned
+    work = Path(state.extra.get("workdir", "/nonexistent"))
+    if work.parent == STATE_DIR and work.is_dir():  # the control plane's certs, sockets and state
+        shutil.rmtree(work, ignore_errors=True)
+        removed.append(str(work))
     with contextlib.suppress(FileNotFoundError):
         (STATE_DIR / f"{name}.json").unlink()
     if on_removed:

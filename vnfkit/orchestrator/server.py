@@ -171,15 +171,19 @@ class Running:
     orchestrator: Orchestrator
     server: grpc.Server
     ports: list[int]
+    metrics: Any = None  # the /metrics HTTP server, if one was asked for
 
     def stop(self, grace: float = 2.0) -> None:
+        if self.metrics is not None:
+            self.metrics.shutdown()
         self.server.stop(grace).wait()
         self.orchestrator.store.close()
 
 
 def serve(listen: Sequence[str], state: Path, *, tls_files: TlsFiles | None, placement: str = "pack",
-          drain: float = 0.1, heartbeat_ms: int = 1000, counter_ms: int = 1000) -> Running:
-    """Start serving; ``tls_files`` None is the announced insecure development mode."""
+          drain: float = 0.1, heartbeat_ms: int = 1000, counter_ms: int = 1000, metrics: str = "") -> Running:
+    """Start serving; ``tls_files`` None is the announced insecure development mode; ``metrics``
+    (``host:port``) also serves the services' counters at ``/metrics`` for Prometheus."""
     if tls_files is None:
         event(log, "INSECURE: serving without TLS or client certificates; development only",
               level=logging.WARNING, listen=list(listen))
@@ -205,9 +209,14 @@ def serve(listen: Sequence[str], state: Path, *, tls_files: TlsFiles | None, pla
         ports.append(port)
     server.start()
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    metrics_server = None
+    if metrics:
+        from vnfkit.orchestrator.metrics import serve_metrics
+
+        metrics_server = serve_metrics(orch, metrics)
     event(log, "serving", listen=list(listen), ports=ports, tls=tls_files is not None, state=str(state),
-          services=[s.name for s in orch.services()], hosts=[h.name for h in orch.hosts()])
-    return Running(orch, server, ports)
+          services=[s.name for s in orch.services()], hosts=[h.name for h in orch.hosts()], metrics=metrics)
+    return Running(orch, server, ports, metrics_server)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -221,6 +230,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--drain", type=float, default=0.1)
     p.add_argument("--heartbeat-ms", type=int, default=1000)
     p.add_argument("--counter-ms", type=int, default=1000)
+    p.add_argument("--metrics", default="", metavar="HOST:PORT",
+                   help="serve Prometheus /metrics there (default: off)")
     p.add_argument("--log-level", default="info")
     args = p.parse_args(argv)
     setup_logs(args.log_level)
@@ -230,7 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     running = serve(args.listen or ["127.0.0.1:50050"], args.state, tls_files=tls_files, placement=args.placement,
-                    drain=args.drain, heartbeat_ms=args.heartbeat_ms, counter_ms=args.counter_ms)
+                    drain=args.drain, heartbeat_ms=args.heartbeat_ms, counter_ms=args.counter_ms,
+                    metrics=args.metrics)
     stop.wait()
     running.stop()
     return 0
