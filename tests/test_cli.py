@@ -75,3 +75,15 @@ def test_load_and_pin_then_list_and_detach() -> None:
 def test_probe_json() -> None:
     res = vnfkit("probe", "--json")
     assert res.returncode == 0 and '"xdp_native_veth": true' in res.stdout
+
+
+def test_certs_makes_a_ca_and_never_replaces_one_silently(tmp_path: Path) -> None:
+    first = vnfkit("certs", str(tmp_path / "c"))
+    assert first.returncode == 0, first.stderr
+    assert all((tmp_path / "c" / f).exists() for f in ("ca.pem", "agent.pem", "orchestrator.key", "client.pem"))
+    ca = (tmp_path / "c" / "ca.pem").read_bytes()
+    again = vnfkit("certs", str(tmp_path / "c"))
+    assert again.returncode == 1 and "--force replaces it" in again.stderr
+    assert (tmp_path / "c" / "ca.pem").read_bytes() == ca
+    assert vnfkit("certs", str(tmp_path / "c"), "--force").returncode == 0
+    assert (tmp_path / "c" / "ca.pem").read_bytes() != ca

@@ -33,6 +33,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         s.add_argument("--emu", metavar="NAME", help="the orchestrator of emulation NAME ('vnfkit emu up'): its "
                        "address and certificates, instead of --orchestrator and --certs")
 
+    s = subparsers.add_parser("certs", help="a development CA and certificates for the orchestrator, agents and "
+                              "operators (mutual TLS)")
+    s.add_argument("folder", metavar="FOLDER", type=Path)
+    s.add_argument("--name", action="append", default=[], help="another DNS name or IP they are valid for")
+    s.add_argument("--force", action="store_true", help="replace a CA already in FOLDER")
+    s.set_defaults(func=cmd_certs)
     s = subparsers.add_parser("deploy", help="deploy a service.yaml through the orchestrator")
     s.add_argument("service", metavar="SERVICE_YAML")
     s.add_argument("--update", action="store_true", help="replace the deployed service of that name")
@@ -91,6 +97,19 @@ class Control:
 
     def close(self) -> None:
         self.channel.close()
+
+
+def cmd_certs(args: argparse.Namespace) -> int:
+    from vnfkit.agent.tls import make_dev_certs
+
+    if (args.folder / "ca.pem").exists() and not args.force:
+        # A new CA would orphan every certificate the old one signed: say so instead.
+        raise ControlError(f"{args.folder / 'ca.pem'} exists: every certificate it signed would stop working; "
+                           "--force replaces it")
+    for what, path in make_dev_certs(args.folder, args.name).items():
+        console.print(f"{what:18} {path}")
+    console.print("development certificates: a CA whose key sits beside them; use your own PKI in production")
+    return 0
 
 
 def _control(args: argparse.Namespace) -> Control:

@@ -1,4 +1,4 @@
-"""The main job until the chain demo lands: the whole engine, end to end, on real packets.
+"""`vnfkit demo --engine`: the eBPF engine end to end, on real packets.
 
 Probe the kernel, compile and verify a counting XDP program, attach it natively to the
 server end of a veth between two namespaces, pin it, send real UDP, TCP and ICMP traffic

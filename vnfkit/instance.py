@@ -1,6 +1,6 @@
 """A VNF running for real: its BPF object loaded, configured and attached to interfaces.
 
-This is what end-to-end tests (and, later, the host agent) use to put a VNF on the data
+This is what end-to-end tests (and the host agent, through chaining.host) use to put a VNF on the data
 path: one instance, one set of tables, attached at XDP (or TC) on one or more interfaces,
 so both directions of a flow can share its state (NAT mappings, load-balancer flows).
 """
