@@ -168,6 +168,9 @@ class HostDataPath:
         if self._pending is not None:
             raise ApplyError("a prepared plan is waiting: commit() or abort() it first")
         self._check(plan)
+        # A commit whose cleanup never came (a caller that failed in between, a rollback): the
+        # old state still holds SPIs and functions the new plan may reuse. Its drain is over.
+        self.cleanup()
         undo: list[Callable[[], None]] = []
         swaps: list[tuple[str, KernelInstance, FunctionSpec, Any]] = []
         try:

@@ -6,9 +6,11 @@ knows its services and agents again; bad requests are refused with a status that
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -119,3 +121,67 @@ def test_a_restarted_orchestrator_knows_its_services_and_agents(lab: dict) -> No
     finally:
         again.close()
     assert _agent_services(lab, "h2") == {}
+
+
+class _KillBeforeCommit:
+    """The real gRPC client of one agent, whose agent is killed (-9) just before its commit:
+    the worst moment for a two-phase deploy (some hosts switched, this one prepared)."""
+
+    def __init__(self, inner: Any, pid: int | None) -> None:
+        self.inner, self.pid = inner, pid
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def commit(self, service: str, generation: int) -> None:
+        if self.pid is not None:
+            os.killpg(self.pid, signal.SIGKILL)
+            self.pid = None
+        self.inner.commit(service, generation)
+
+
+@pytest.mark.parametrize("update", [False, True], ids=["deploy", "update"])
+def test_an_agent_dead_between_prepare_and_commit_is_rolled_back_everywhere(lab: dict, tmp_path: Path,
+                                                                           update: bool) -> None:
+    """A deploy or an update whose commit fails on h3 (its agent killed after it prepared): h2,
+    switched already, loses the service or gets the old generation back; h1 aborts; after an
+    update, traffic keeps going through the old generation."""
+    from vnfkit.agent import tls
+    from vnfkit.orchestrator.core import Orchestrator, OrchestratorError
+    from vnfkit.orchestrator.server import GrpcAgent
+    from vnfkit.orchestrator.store import Store
+
+    c, emu, certs = lab["control"], lab["emu"], lab["plane"].certs
+    if update:
+        c.call("Deploy", c.pb.DeployRequest(path=str(lab["service"])))
+    # A second orchestrator on a copy of the first one's state, so the fault can be injected
+    # into its client of h3; everything else (agents, gRPC, mTLS, kernels) is the real thing.
+    emu.stop("orchestrator")  # one orchestrator at a time talks to the agents (and its WAL is folded in)
+    shutil.copy(lab["work"] / "orchestrator.db", tmp_path / "orch.db")
+    creds = tls.channel_credentials(certs / "ca.pem", certs / "orchestrator.pem", certs / "orchestrator.key")
+    h3_pid = emu.state.agents["agent-h3"]["pid"]
+    orch = Orchestrator(Store(tmp_path / "orch.db"), lambda rec: _KillBeforeCommit(
+        GrpcAgent(rec, creds), h3_pid if rec.host == "h3" else None), heartbeat_timeout=3600)
+    updated = lab["service"].with_name("updated.yaml")
+    updated.write_text(lab["service"].read_text().replace(f'{{addr: "{lab["webs"][0].ip}", port: 8080}}, ', ""))
+    with pytest.raises(OrchestratorError, match=r"rolled back: host h3: commit failed") as failed:
+        orch.deploy(updated, update=update)
+    assert failed.value.code == "ABORTED"
+    if not update:
+        assert _agent_services(lab, "h1") == {} and _agent_services(lab, "h2") == {}
+        assert orch.store.services() == []
+        return
+    assert _agent_services(lab, "h1") == {"web": 1}  # aborted: still the first generation
+    assert _agent_services(lab, "h2") == {"web": 3}  # switched, then given the first one's plan again
+    rec = orch.store.service("web")
+    assert rec is not None and rec.state == "deployed" and rec.generation == 3
+    # h3's data path outlived its agent; both backends still answer, as before the update.
+    servers = [WebServer(n, w.ns, w.ip) for n, w in zip(("web1", "web2"), lab["webs"], strict=True)]
+    try:
+        with HttpLoad(lab["client"].ns, lab["vip"], 80, threads=2) as load:
+            time.sleep(2)
+        assert load.snapshot().answers["web1"] > 0 and load.snapshot().answers["web2"] > 0
+    finally:
+        for s in servers:
+            s.close()
+        orch.store.close()

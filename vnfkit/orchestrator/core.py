@@ -195,6 +195,7 @@ class Orchestrator:
                     if h not in plans:
                         plans[h] = HostPlan(h)
                 rec.hosts = sorted(plans)
+            rec.plans = {h: p.to_dict() for h, p in plans.items()}
             self.store.put_service(rec)
             self._two_phase(service.name, generation, plans, old)
             rec.state = "deployed"
@@ -228,14 +229,52 @@ class Orchestrator:
             raise OrchestratorError("ABORTED", f"deploy of {name!r} generation {generation} rolled back: {why}")
         # Downstream first: a classifier switches traffic only once every later hop is live.
         order = sorted(plans, key=lambda h: bool(plans[h].rules))
+        committed: list[str] = []
         for host in order:
-            self.client(host).commit(name, generation)
+            try:
+                self.client(host).commit(name, generation)
+            except Exception as exc:  # noqa: BLE001 - the agent died or refused between the phases
+                self._undo_commits(name, generation, order, committed, host, old)
+                raise OrchestratorError("ABORTED", f"deploy of {name!r} generation {generation} rolled back: "
+                                        f"host {host}: commit failed: {exc}") from exc
+            committed.append(host)
         time.sleep(self.drain)
         for host in order:
             try:
                 self.client(host).cleanup()
             except Exception as exc:  # noqa: BLE001 - old state left behind is harmless; say so
                 log.warning("cleanup failed host=%s error=%s", host, exc)
+
+    def _undo_commits(self, name: str, generation: int, order: list[str], committed: list[str], failed: str,
+                      old: ServiceRecord | None) -> None:
+        """A commit failed on ``failed`` after ``committed`` switched: put every host back as it
+        was. Hosts not yet switched abort; switched hosts lose the service, or (an update) get
+        the old plan again as generation + 1, since agents refuse a generation older than theirs."""
+        for host in order[order.index(failed):]:
+            try:
+                self.client(host).abort(name, generation)
+            except Exception as exc:  # noqa: BLE001 - a dead agent restarts on its old desired state
+                log.warning("abort after a failed commit failed host=%s error=%s", host, exc)
+        back = generation + 1
+        for host in committed:
+            try:
+                if old is None or host not in old.plans:
+                    self.client(host).remove(name)
+                else:
+                    # The agent first clears the old generation's state, kept for the drain, since
+                    # the old plan reuses its SPIs: until the commit below, packets of the old
+                    # generation that reach this host are dropped, a failure path's cost.
+                    self.client(host).prepare(name, back, HostPlan.from_dict(old.plans[host]))
+                    self.client(host).commit(name, back)
+            except Exception as exc:  # noqa: BLE001 - said, and kept in the record
+                log.error("rollback failed host=%s service=%s error=%s", host, name, exc)
+                if old is not None:
+                    old.error = f"rollback of generation {generation} failed on host {host}: {exc}"
+        if old is None:
+            self.store.delete_service(name)
+        else:
+            old.generation = back  # what the rolled-back hosts now hold; the next deploy goes past it
+            self.store.put_service(old)
 
     def undeploy(self, name: str) -> None:
         with self._lock:

@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS services (
     hosts TEXT NOT NULL,            -- JSON: the hosts it has a segment on
     state TEXT NOT NULL,            -- deploying | deployed | failed | removing
     error TEXT NOT NULL DEFAULT '',
-    updated REAL NOT NULL
+    updated REAL NOT NULL,
+    plans TEXT NOT NULL DEFAULT '{}' -- JSON: host -> HostPlan.to_dict(), what each host was sent
 );
 """
 
@@ -56,6 +57,7 @@ class ServiceRecord:
     state: str = "deploying"
     error: str = ""
     updated: float = 0.0
+    plans: dict[str, Any] = field(default_factory=dict)  # host -> HostPlan.to_dict()
 
 
 class Store:
@@ -68,6 +70,9 @@ class Store:
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(SCHEMA)
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(services)")}
+            if "plans" not in columns:  # a store written before plans were kept
+                self._db.execute("ALTER TABLE services ADD COLUMN plans TEXT NOT NULL DEFAULT '{}'")
 
     def _write(self, sql: str, args: tuple[Any, ...]) -> None:
         with self._lock:
@@ -103,18 +108,19 @@ class Store:
     # ---- services --------------------------------------------------------------------------
     def put_service(self, rec: ServiceRecord) -> None:
         rec.updated = time.time()
-        self._write("INSERT OR REPLACE INTO services VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        self._write("INSERT OR REPLACE INTO services (name, source, generation, placement, spis, hosts, state, "
+                    "error, updated, plans) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (rec.name, rec.source, rec.generation, json.dumps(rec.placement), json.dumps(rec.spis),
-                     json.dumps(rec.hosts), rec.state, rec.error, rec.updated))
+                     json.dumps(rec.hosts), rec.state, rec.error, rec.updated, json.dumps(rec.plans)))
 
     def service(self, name: str) -> ServiceRecord | None:
         with self._lock:
-            row = self._db.execute("SELECT * FROM services WHERE name=?", (name,)).fetchone()
+            row = self._db.execute(f"SELECT {COLUMNS} FROM services WHERE name=?", (name,)).fetchone()
         return _service(row) if row else None
 
     def services(self) -> list[ServiceRecord]:
         with self._lock:
-            rows = self._db.execute("SELECT * FROM services ORDER BY name").fetchall()
+            rows = self._db.execute(f"SELECT {COLUMNS} FROM services ORDER BY name").fetchall()
         return [_service(r) for r in rows]
 
     def delete_service(self, name: str) -> None:
@@ -125,7 +131,10 @@ class Store:
             self._db.close()
 
 
+COLUMNS = "name, source, generation, placement, spis, hosts, state, error, updated, plans"
+
+
 def _service(row: tuple[Any, ...]) -> ServiceRecord:
-    name, source, gen, placement, spis, hosts, state, error, updated = row
+    name, source, gen, placement, spis, hosts, state, error, updated, plans = row
     return ServiceRecord(name, source, gen, json.loads(placement), json.loads(spis), json.loads(hosts), state,
-                         error, updated)
+                         error, updated, json.loads(plans))
