@@ -44,6 +44,17 @@ one host takes: 2n + 1 tail calls, the kernel allows 33). Paths are built with
    to the forwarder; the per-hop cost (the slope) is unaffected, since adding a hop adds a
    pass-through function either way.
 
+3. One inter-host NSH hop, in the kernel's CPU time (single-shot test-runs only: both sides
+   rewrite the frame's headers, and a repeated test-run would hand the rewritten frame to the
+   next repetition). ``nsh_send``: the classifier entry on a frame whose path runs the function
+   once and then leaves in NSH over Ethernet for another host (the forwarder pushes NSH and
+   redirects: XDP_REDIRECT, not carried out by test-run); ``nsh_receive``: ``nsh_rx`` on that
+   NSH frame, which checks and strips NSH and runs the function once to the stack. The extra
+   CPU of splitting two hops over two hosts is ``nsh_send + nsh_receive - 2 hops`` (each
+   over the floor): push and strip NSH, a second entry, minus the local tail call between the
+   functions. The veth transit and the second host's receive path are not in it; the live rate
+   of a chain across two hosts is in ``vnfkit bench`` (chain_2hops_2hosts).
+
 Every number is a median over runs with min and max; scenarios are interleaved run by run
 (rotating order) and ratios and per-hop fits are taken per run. The per-hop cost is the
 slope of a least-squares line through (hops, ns/packet) for 1..16 hops, and per step
@@ -86,8 +97,11 @@ TESTRUN_HOPS = (0, *HOPS)  # 0: classifier -> forwarder -> stack, what every pat
 STEPS = ((0, 1), (1, 2), (2, 4), (4, 8), (8, 16))
 FUNCTION, DROPPER = "blocker", "dropper"
 TESTRUN_SPI, RATE_SPI = 100, 200  # SPI = base + hops
+NSH_SPI = 150
+PEER_MAC = "02:00:00:00:00:99"  # the other host's underlay MAC (test-run transmits nothing)
 TESTRUN_SRC = "198.18.0.1"
 TESTRUN_DST = ipaddress.IPv4Address("198.19.255.0")  # path n's frames go to TESTRUN_DST + n
+NSH_SEND_DST = TESTRUN_DST + 100
 FLOWS, BASE_PORT = 64, 4000
 COUNT_MARGIN = 1.15  # frames budgeted per rate run over what the window needs at the expected rate
 PASS = int(XdpAction.PASS)
@@ -155,7 +169,8 @@ class SingleShot:
     The options are built once; only the kernel's own ``duration`` is kept (the syscall and
     Python around it are not the program's cost)."""
 
-    def __init__(self, prog: Program, frame: bytes, expect: frozenset[int] = frozenset({PASS})) -> None:
+    def __init__(self, prog: Program, frame: bytes, expect: frozenset[int] = frozenset({PASS}),
+                 ifindex: int | None = None) -> None:
         self.prog, self.expect = prog, expect
         self._data = bytes(frame)  # kept alive: the options point into it
         self._opts = ffi.new("struct bpf_test_run_opts *")
@@ -163,6 +178,10 @@ class SingleShot:
         self._opts.data_in = ffi.from_buffer(self._data)
         self._opts.data_size_in = len(self._data)
         self._opts.repeat = 1
+        if ifindex is not None:  # a program that reads ctx->ingress_ifindex (the kernel checks data_end)
+            self._ctx = ffi.new("struct xdp_md *", {"ingress_ifindex": ifindex, "data_end": len(self._data)})
+            self._opts.ctx_in = self._ctx
+            self._opts.ctx_size_in = ffi.sizeof("struct xdp_md")
 
     def run(self, calls: int) -> dict[str, float]:
         """The kernel-measured ns of ``calls`` calls, each returning one of ``expect`` or this raises.
@@ -197,10 +216,13 @@ class TestrunCase:
     frame: bytes
     snapshot: Callable[[], list[int]]  # counters that must move
     expected: Callable[[int], list[int]]  # ... by this much for k packets
+    expect: frozenset[int] = frozenset({PASS})  # the verdicts it may return
+    ifindex: int | None = None  # ctx->ingress_ifindex, for a program that reads it
 
 
 def _testrun_cases(chain: LocalChain, fn: KernelInstance, solo: KernelInstance, floor: Program,
-                   hot: Program) -> tuple[list[TestrunCase], list[TestrunCase], dict[int, list[Hop]]]:
+                   hot: Program, stack: contextlib.ExitStack) -> tuple[list[TestrunCase], list[TestrunCase],
+                                                                     dict[int, list[Hop]]]:
     """Install the test-run paths; return the hot cases, the single-shot cases and the routes."""
     routes: dict[int, list[Hop]] = {}
     frame0 = traffic.udp_frame("02:00:00:00:00:01", "02:00:00:00:00:02", TESTRUN_SRC, str(TESTRUN_DST), BASE_PORT)
@@ -229,8 +251,43 @@ def _testrun_cases(chain: LocalChain, fn: KernelInstance, solo: KernelInstance, 
         chain.classify(f"{TESTRUN_DST + n}/32", spi)
     entry = chain.classifier.program("classifier")
     hot_cases = [floor_case("testrun"), solo_case("testrun"), *(path_case(n, hot, "testrun") for n in TESTRUN_HOPS)]
-    single_cases = [floor_case("single"), solo_case("single"), *(path_case(n, entry, "single") for n in TESTRUN_HOPS)]
+    single_cases = [floor_case("single"), solo_case("single"), *(path_case(n, entry, "single") for n in TESTRUN_HOPS),
+                    *_nsh_cases(chain, fn_rx, stack)]
     return hot_cases, single_cases, routes
+
+
+def _nsh_cases(chain: LocalChain, fn_rx: Callable[[], int], stack: contextlib.ExitStack) -> list[TestrunCase]:
+    """The two sides of an inter-host hop (see the module doc), on the loopback device: test-run
+    needs a real ingress device for nsh_rx and a real egress for the forwarder's redirect, and
+    neither sends anything."""
+    from chaining.local import PROGS, RemoteHop
+
+    lo = netns.ifindex(None, "lo")
+    send = chain.add_path(NSH_SPI, [FUNCTION], end="remote", remote=RemoteHop(None, "lo", PEER_MAC))
+    chain.classify(f"{NSH_SEND_DST}/32", NSH_SPI)
+    inner = traffic.udp_frame("02:00:00:00:00:01", "02:00:00:00:00:02", TESTRUN_SRC, str(NSH_SEND_DST), BASE_PORT)
+    out = chain.classifier.program("classifier").test_run(inner)
+    if out.verdict != "REDIRECT":
+        raise RuntimeError(f"nsh_send: the forwarder returned {out.verdict}, expected REDIRECT")
+    # The receiving host's segment, here too: the same SPI, one SI further down (a segment's
+    # range may not touch another's on one host), and the frame the forwarder sent with its SI
+    # byte set to it: the frame nsh_rx gets is the one a peer would have received.
+    receive = chain.add_path(NSH_SPI, [FUNCTION], end="stack", first_si=FIRST_SI - 2)
+    sent = bytearray(out.data)
+    if sent[12:14] != b"\x89\x4f" or int.from_bytes(sent[18:21], "big") != NSH_SPI:
+        raise RuntimeError(f"nsh_send: the forwarder sent no NSH for SPI {NSH_SPI}: {bytes(sent[:24]).hex()}")
+    sent[21] = FIRST_SI - 2  # SI: the low byte of the service path header, after 4 bytes of NSH
+    rx = load(PROGS / "nsh_rx.c", reuse_maps=chain._shared)
+    stack.enter_context(rx)
+    rx.map("rx_ifmac").update(np.uint32(lo).tobytes(), bytes(6))
+    return [
+        TestrunCase("single_nsh_send", chain.classifier.program("classifier"), inner,
+                    lambda: [*_hop_counts(chain, send), fn_rx()], lambda k: [k] * len(send) + [k],
+                    frozenset({int(XdpAction.REDIRECT)})),
+        TestrunCase("single_nsh_receive", rx.program("nsh_rx"), bytes(sent),
+                    lambda: [*_hop_counts(chain, receive), fn_rx()], lambda k: [k] * len(receive) + [k],
+                    ifindex=lo),
+    ]
 
 
 def _checked(case: TestrunCase, packets: int, measure: Callable[[], dict[str, float]]) -> dict[str, float]:
@@ -254,7 +311,7 @@ def measure_testrun(profile: Profile, runs: int, folder: Path, log: Callable[[st
         solo = stack.enter_context(KernelInstance(folder))
         floor = stack.enter_context(load(builtin("xdp_pass")))
         entry = chain.classifier.program("classifier")
-        hot, single, routes = _testrun_cases(chain, fn, solo, floor.program(), entry)
+        hot, single, routes = _testrun_cases(chain, fn, solo, floor.program(), entry, stack)
         # A repeated test-run of the entry must stay on the path (reported in the JSON).
         before = chain.counters()
         probe = entry.test_run(hot[-1].frame, repeat=1000)
@@ -262,7 +319,7 @@ def measure_testrun(profile: Profile, runs: int, folder: Path, log: Callable[[st
         entry_repeat = {"repeat": 1000, "verdict": probe.verdict, "ns": probe.duration_ns,
                         **{k: after[k] - before[k] for k in ("cls_matched", "cls_no_room", "sff_delivered")}}
 
-        singles = {c.name: SingleShot(c.prog, c.frame) for c in single}
+        singles = {c.name: SingleShot(c.prog, c.frame, c.expect, c.ifindex) for c in single}
         cases = {c.name: c for c in (*hot, *single)}
 
         def one(name: str, scale: int = 1) -> dict[str, float]:
@@ -436,6 +493,19 @@ def document(params: dict[str, Any], testrun: dict[str, list[dict[str, float]]],
         per_hop["forwarder_share_ns_per_hop"] = report.summary(report.paired(fits, solo, "diff"))
         per_hop["standalone_minus_floor_ns"] = report.summary(solo)
         derived[kind] = per_hop
+    single = {k: [r["ns"] for r in v] for k, v in testrun.items() if k.startswith("single_")}
+    # Two hops over two hosts (send: one function then NSH out; receive: NSH in then one
+    # function) against the same two hops in one host, each over the floor (one harness each).
+    extra = [s + r - two - f for s, r, two, f in zip(single["single_nsh_send"], single["single_nsh_receive"],
+                                                      single["single_path_2"], single["single_floor"], strict=True)]
+    derived["nsh"] = {
+        "send_minus_path_1_ns": report.summary(report.paired(single["single_nsh_send"], single["single_path_1"],
+                                                             "diff")),
+        "receive_minus_path_1_ns": report.summary(report.paired(single["single_nsh_receive"],
+                                                                single["single_path_1"], "diff")),
+        "inter_host_hop_extra_ns": report.summary(extra),
+        "local_hop_ns": derived["single"]["slope_ns_per_hop"],
+    }
     rate_series = {n: [1e3 / r["mpps"] for r in rates[f"rate_path_{n}"]] for n in HOPS}
     derived["rate"] = _per_hop(rate_series, STEPS[1:])
     return {"benchmark": "chains", "schema": 1, "timestamp": report.utc_stamp(), "wall_s": round(wall_s, 1),
@@ -482,7 +552,8 @@ def print_tables(con: Any, doc: dict[str, Any]) -> None:
                 "× floor", "ns/frame", "lost"):
         t.add_column(col, justify="left" if col == "scenario" else "right")
     rows = [("floor", "floor"), ("standalone", f"{FUNCTION} alone"),
-            *((f"path_{n}", f"{n} hop{'s' if n != 1 else ''}") for n in TESTRUN_HOPS)]
+            *((f"path_{n}", f"{n} hop{'s' if n != 1 else ''}") for n in TESTRUN_HOPS),
+            ("nsh_send", "1 hop, then NSH out"), ("nsh_receive", "NSH in, then 1 hop")]
     for key, label in rows:
         cells = []
         for kind in ("testrun", "single"):
@@ -516,6 +587,13 @@ def print_tables(con: Any, doc: dict[str, Any]) -> None:
         con.print(f"{labels[kind]}: {FUNCTION} standalone costs {_ns(dk['standalone_minus_floor_ns'])} ns over the "
                   f"floor; the rest of a hop (forwarder, hop counter, two tail calls) "
                   f"{_ns(dk['forwarder_share_ns_per_hop'])} ns")
+    nsh = d["nsh"]
+    con.print(f"one inter-host NSH hop (single-shot): sending costs {_ns(nsh['send_minus_path_1_ns'])} ns over the "
+              f"same hop ending at the stack (push NSH, redirect), receiving {_ns(nsh['receive_minus_path_1_ns'])} ns "
+              f"over the classifier's entry (check and strip NSH); two hops across two hosts cost "
+              f"{_ns(nsh['inter_host_hop_extra_ns'])} ns more CPU than in one host, whose local hop costs "
+              f"{_ns(nsh['local_hop_ns'])} ns (veth transit and the second host's receive path not included: "
+              "see vnfkit bench's chain across two hosts)")
     er = setup["testrun"]["entry_repeated_as_loaded"]
     con.print(f"check: test-run of the entry with repeat {er['repeat']} went down the path "
               f"{er['cls_matched']} times and took the no-room exit {er['cls_no_room']} times")
