@@ -137,3 +137,19 @@ def test_store_writes_all_or_nothing(tmp_path: Path) -> None:
     assert store.segments() == {}
     store.close()
     assert Store(tmp_path / "agent.db").snapshot() == {"plan": None, "functions": {}}
+
+
+def test_the_systemd_unit_is_valid_and_names_a_config_that_loads(tmp_path: Path) -> None:
+    """systemd's own checker on contrib/vnfkit-agent.service (installed under /opt/vnfkit, so
+    that prefix is this checkout here), and contrib/agent.yaml is a config the agent takes."""
+    import shutil
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed")
+    unit = tmp_path / "vnfkit-agent.service"
+    unit.write_text((root / "contrib" / "vnfkit-agent.service").read_text().replace("/opt/vnfkit", str(root)))
+    res = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
+    assert res.returncode == 0 and not res.stderr.strip(), res.stderr
+    assert load_config(root / "contrib" / "agent.yaml").name
