@@ -69,6 +69,15 @@ def _config(inst: KernelInstance, spec: FunctionSpec, state: Any) -> Any:
     return state
 
 
+def _in_place(old: FunctionSpec, new: FunctionSpec) -> bool:
+    """Whether ``new`` can be written over a running ``old`` instance. Writing only sets what
+    ``new`` names: a setting or a whole ``control:`` that ``new`` drops would stay behind in
+    the kernel, so then a fresh instance replaces the old one (its flow state goes with it).
+    A changed ``control:`` is written whole by the VNF's configure(), so it stays in place."""
+    return (Path(old.folder).resolve() == Path(new.folder).resolve()
+            and not (old.control is not None and new.control is None) and set(old.config) <= set(new.config))
+
+
 def _fn_prefix(fid: str, program_id: int | None) -> str:
     """Pin prefix of a function instance: ``fn@<service>:<id>@<program id>`` (two instances of
     one function coexist while one replaces the other; bpffs takes no dots or slashes)."""
@@ -237,7 +246,7 @@ class HostDataPath:
                 undo.append(lambda fid=spec.id: self._unload(fid))
             elif have.spec == spec:
                 continue
-            elif Path(have.spec.folder).resolve() == Path(spec.folder).resolve():
+            elif _in_place(have.spec, spec):
                 # Same VNF, new settings: in place, so its state (flows, mappings) survives.
                 inst = chain.functions[spec.id][1]
                 old = have.spec

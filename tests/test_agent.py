@@ -108,6 +108,11 @@ def test_apply_configure_remove_a_two_function_segment(site: dict) -> None:
     assert [(a.kind, a.interface, a.pinned) for a in state.attachments] == [("classifier", site["c"].ifname_b, True)]
     assert [(p.service, p.path, p.spi, list(p.functions)) for p in state.paths] == [("web", "p", 1, ["fw", "mon"])]
 
+    # A generation without the firewall's control: its rule must not stay behind in the kernel
+    # (a new instance replaces the one the rule was written into).
+    assert stub.Apply(segment(site, 3)).changed
+    assert send(site, 20) == 20 and programs(stub)["fw"] != before["fw"]
+
     assert stub.Remove(pb.RemoveRequest(service="web")).removed
     assert xdp_query(site["c"].ifname_b, site["host"]) is None
     state = stub.ListState(pb.ListStateRequest())
