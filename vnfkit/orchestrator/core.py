@@ -18,7 +18,7 @@ import concurrent.futures
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -126,7 +126,9 @@ class Orchestrator:
             return have[1]
 
     # ---- services --------------------------------------------------------------------------
-    def _offers(self, exclude: str) -> list[HostOffer]:
+    def used(self, exclude: str = "", *, delegated: bool = True) -> dict[str, list[float]]:
+        """Per host, [cpus, memory MB] taken by deployed services other than ``exclude`` (and,
+        with ``delegated``, by the parts of a parent's services this domain runs)."""
         used: dict[str, list[float]] = {}
         for rec in self.store.services():
             if rec.name == exclude or rec.state not in ("deployed", "deploying"):
@@ -139,6 +141,17 @@ class Orchestrator:
                 u = used.setdefault(host, [0.0, 0])
                 u[0] += c
                 u[1] += m
+        for d in self.store.delegated() if delegated else ():
+            if d.name == exclude:
+                continue
+            for host, (c, m) in d.usage.items():
+                u = used.setdefault(host, [0.0, 0])
+                u[0] += c
+                u[1] += m
+        return used
+
+    def offers(self, exclude: str) -> list[HostOffer]:
+        used = self.used(exclude)
         offers = []
         for h in self.hosts():
             if not h.alive:
@@ -158,11 +171,12 @@ class Orchestrator:
         except DescriptorError as exc:
             raise OrchestratorError("INVALID_ARGUMENT", str(exc)) from exc
         try:
-            placement = self.placement(service, self._offers(service.name))
+            placement = self.placement(service, self.offers(service.name))
         except PlacementError as exc:
             raise OrchestratorError("FAILED_PRECONDITION", str(exc)) from exc
         reserved = {spi for rec in self.store.services() if rec.name != service.name or rec.state == "deployed"
                     for spi in rec.spis}
+        reserved |= {spi for d in self.store.delegated() for spi in d.spis}  # a parent's, on our hosts
         first = max(reserved, default=0) + 1
         try:
             compiled = compile_paths(service, placement, first_spi=first, reserved_spis=reserved)
@@ -181,6 +195,9 @@ class Orchestrator:
         with self._lock:
             service, placement, compiled, plans = self.plan(source)
             old = self.store.service(service.name)
+            if self.store.delegated_service(service.name) is not None:
+                raise OrchestratorError("ALREADY_EXISTS", f"service {service.name!r} runs in this domain for the "
+                                        "parent orchestrator; a service of this domain's own needs another name")
             if old is not None and not update:
                 raise OrchestratorError("ALREADY_EXISTS", f"service {service.name!r} is already deployed "
                                         f"(generation {old.generation}); update it or undeploy it first")
@@ -203,9 +220,26 @@ class Orchestrator:
             return rec
 
     def _two_phase(self, name: str, generation: int, plans: dict[str, HostPlan], old: ServiceRecord | None) -> None:
+        try:
+            self.prepare_hosts(name, generation, plans)
+        except OrchestratorError:
+            if old is None:
+                self.store.delete_service(name)
+            else:
+                self.store.put_service(old)
+            raise
+        self.commit_hosts(name, generation, plans)
+        time.sleep(self.drain)
+        self.cleanup_hosts(plans)
+
+    def prepare_hosts(self, name: str, generation: int, plans: dict[str, HostPlan]) -> None:
+        """Phase 1 on every host of ``plans``, in parallel. If any host fails, abort those that
+        prepared, so every host is as before, and raise OrchestratorError(ABORTED) naming each
+        failed host and why."""
         prepared: list[str] = []
         failures: dict[str, str] = {}
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(plans))) as pool:
+            # Clients are looked up here, under the caller's lock, not in the pool's threads.
             futures = {pool.submit(self.client(h).prepare, name, generation, p): h for h, p in plans.items()}
             for fut in concurrent.futures.as_completed(futures):
                 host = futures[fut]
@@ -220,18 +254,28 @@ class Orchestrator:
                     self.client(host).abort(name, generation)
                 except Exception as exc:  # noqa: BLE001
                     failures[host] = f"(prepared, then abort failed: {exc})"
-            if old is None:
-                self.store.delete_service(name)
-            else:
-                self.store.put_service(old)
             why = "; ".join(f"host {h}: {m}" for h, m in sorted(failures.items()))
             raise OrchestratorError("ABORTED", f"deploy of {name!r} generation {generation} rolled back: {why}")
-        # Downstream first: a classifier switches traffic only once every later hop is live.
-        order = sorted(plans, key=lambda h: bool(plans[h].rules))
-        for host in order:
+
+    def commit_hosts(self, name: str, generation: int, plans: dict[str, HostPlan]) -> None:
+        """Phase 2. Downstream first: a classifier switches traffic only once every later hop is live."""
+        for host in sorted(plans, key=lambda h: bool(plans[h].rules)):
             self.client(host).commit(name, generation)
-        time.sleep(self.drain)
-        for host in order:
+
+    def abort_hosts(self, name: str, generation: int, hosts: list[str]) -> list[str]:
+        """Undo a prepare on ``hosts``; the failures, one line per host (an abort that fails
+        leaves that host's prepared change waiting, which blocks its next change: say so)."""
+        errors = []
+        for host in hosts:
+            try:
+                self.client(host).abort(name, generation)
+            except Exception as exc:  # noqa: BLE001 - try every host
+                errors.append(f"host {host}: abort failed: {exc}")
+        return errors
+
+    def cleanup_hosts(self, hosts: Iterable[str]) -> None:
+        """Phase 3, after the drain."""
+        for host in sorted(hosts):
             try:
                 self.client(host).cleanup()
             except Exception as exc:  # noqa: BLE001 - old state left behind is harmless; say so
@@ -270,7 +314,7 @@ class Orchestrator:
         """Per service: its functions' counters (from the host each runs on), its paths'
         packets (at each path's first hop) and hops, from the latest reports."""
         out: dict[str, Any] = {}
-        for rec in self.store.services():
+        for rec in [*self.store.services(), *self.store.delegated()]:  # own, and a parent's parts
             if name is not None and rec.name != name:
                 continue
             functions: dict[str, Any] = {}
