@@ -108,3 +108,21 @@ def test_a_parent_host_named_like_a_domain_host_is_renamed() -> None:
     back = next(p for p in plans["h2"].paths if p.end == "remote" and p.next_host != "h3")
     assert back.next_host == "h2@parent"
     assert plans["h2"].peer("h2@parent").mac == "02:00:00:00:00:01"
+
+
+def test_placing_in_the_domain_pins_first_then_asks_the_plugin() -> None:
+    from vnfkit.orchestrator.domain import place_in_domain
+    from vnfkit.orchestrator.placement import HostOffer, PlacementError, pack
+
+    d1 = parent_plans({"fw": "h1", "nat": "d1", "lb": "d1", "mon": "d1"})["d1"]
+    pins = domain_pins(d1, INNER)
+    offers = [HostOffer("h3", cpus=1, egress=True), HostOffer("h2", cpus=2)]
+    placement = place_in_domain(d1, offers, pack, pins)
+    assert placement == {"web-edge/nat": "h2", "web-edge/lb": "h2", "web-edge/mon": "h3"}
+    assert split_plan(d1, placement, INNER).keys() == {"h2", "h3"}
+    # The gateway full: the pinned function is refused with the reason, not moved elsewhere.
+    with pytest.raises(PlacementError, match=r"'web-edge/nat' must run on 'h2'.*gateway.*no room"):
+        place_in_domain(d1, [HostOffer("h3", cpus=4, egress=True), HostOffer("h2", cpus=1, used_cpus=1)], pack, pins)
+    with pytest.raises(PlacementError, match=r"'web-edge/mon' must run on 'h3'.*does not offer VNF 'monitor'"):
+        place_in_domain(d1, [HostOffer("h3", cpus=4, egress=True, vnfs=frozenset({"nat"})), HostOffer("h2", cpus=2)],
+                        pack, pins)
