@@ -238,9 +238,11 @@ class Orchestrator:
         failed host and why."""
         prepared: list[str] = []
         failures: dict[str, str] = {}
+        # Every client first (a host not registered fails before any host is prepared), here
+        # under the caller's lock: the pool's threads would wait on it.
+        clients = {h: self.client(h) for h in plans}
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(plans))) as pool:
-            # Clients are looked up here, under the caller's lock, not in the pool's threads.
-            futures = {pool.submit(self.client(h).prepare, name, generation, p): h for h, p in plans.items()}
+            futures = {pool.submit(clients[h].prepare, name, generation, p): h for h, p in plans.items()}
             for fut in concurrent.futures.as_completed(futures):
                 host = futures[fut]
                 try:
