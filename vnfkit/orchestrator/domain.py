@@ -40,7 +40,7 @@ from chaining.local import MAX_FUNCTIONS, MAX_LOCAL_HOPS, ChainError
 from chaining.plan import HostPlan, Pin, domain_pins, qualify, split_plan
 from chaining.service import Function, Service, ServicePath
 from datapath.errors import VnfkitError
-from vnfkit.agent.convert import digest, plan_from_segment
+from vnfkit.agent.convert import digest, plan_from_segment, reconfigured
 from vnfkit.agent.errors import AgentError
 from vnfkit.orchestrator.core import Orchestrator, OrchestratorError, wiring_of
 from vnfkit.orchestrator.placement import HostOffer, Placement, PlacementError, needs
@@ -311,15 +311,10 @@ class Domain:
             rec = self.orch.store.delegated_service(service)
             if rec is None:
                 raise OrchestratorError("NOT_FOUND", f"domain {self.name}: no service {service!r}")
-            seg = pb.Segment.FromString(rec.segment)
-            fn = next((f for f in seg.functions if f.id == function), None)
-            if fn is None:
-                raise OrchestratorError("NOT_FOUND", f"domain {self.name}: service {service!r} has no function "
-                                        f"{function!r}")
-            fn.config.CopyFrom(config)
-            if control is not None:
-                fn.control.CopyFrom(control)
-            seg.generation = generation
+            try:
+                seg = reconfigured(rec.segment, generation, function, config, control)
+            except KeyError as exc:
+                raise OrchestratorError("NOT_FOUND", f"domain {self.name}: {exc.args[0]}") from exc
             return self.apply(seg)
 
     # ---- reading --------------------------------------------------------------------------------

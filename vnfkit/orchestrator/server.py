@@ -33,6 +33,7 @@ from vnfkit.agent.convert import dict_to_struct, segment_from_plan
 from vnfkit.agent.logs import event
 from vnfkit.agent.logs import setup as setup_logs
 from vnfkit.agent.report import Reporter
+from vnfkit.agent.server import AgentService
 from vnfkit.orchestrator.core import Orchestrator, OrchestratorError
 from vnfkit.orchestrator.domain import CapabilityWatch, Domain
 from vnfkit.orchestrator.placement import load_placement
@@ -173,67 +174,6 @@ class ControlService(rpc.ControlServicer):
                                        timestamp=time.time())
 
 
-class DomainAgentService(rpc.AgentServicer):
-    """The Agent service of an orchestrator: what a parent asks of this domain (``Domain``)."""
-
-    def __init__(self, domain: Domain, counter_ms: int) -> None:
-        self.domain = domain
-        self.counter_ms = counter_ms
-
-    @staticmethod
-    def _call(context: grpc.ServicerContext, fn: Any) -> Any:
-        try:
-            return fn()
-        except OrchestratorError as exc:
-            context.abort(getattr(grpc.StatusCode, exc.code, grpc.StatusCode.UNKNOWN), str(exc))
-        except Exception as exc:  # noqa: BLE001 - a bug: say so, keep serving
-            log.exception("request failed")
-            context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
-
-    def Prepare(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802 - gRPC's names
-        return self._call(context, lambda: pb.PrepareReply(changed=self.domain.prepare(request)))
-
-    def Commit(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
-        return self._call(context, lambda: (self.domain.commit(request.service, request.generation),
-                                            pb.CommitReply())[1])
-
-    def Abort(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
-        return self._call(context, lambda: (self.domain.abort(request.service, request.generation),
-                                            pb.AbortReply())[1])
-
-    def Cleanup(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
-        return self._call(context, lambda: (self.domain.cleanup(), pb.CleanupReply())[1])
-
-    def Apply(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
-        return self._call(context, lambda: pb.ApplyReply(changed=self.domain.apply(request)))
-
-    def Remove(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
-        return self._call(context, lambda: pb.RemoveReply(removed=self.domain.remove(request.service)))
-
-    def Configure(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
-        control = request.control if request.HasField("control") else None
-        return self._call(context, lambda: pb.ConfigureReply(changed=self.domain.configure(
-            request.service, request.generation, request.function, request.config, control)))
-
-    def ListState(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
-        return self._call(context, self.domain.state)
-
-    def GetCounters(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
-        return self._call(context, lambda: self.domain.counters(request.service))
-
-    def WatchCounters(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
-        interval = (request.interval_ms or self.counter_ms) / 1000
-        gone = threading.Event()
-        context.add_callback(gone.set)
-        while context.is_active():
-            yield self._call(context, lambda: self.domain.counters(request.service))
-            if gone.wait(interval):
-                return
-
-    def Capabilities(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
-        return self._call(context, self.domain.capabilities)
-
-
 @dataclass
 class Running:
     orchestrator: Orchestrator
@@ -271,7 +211,8 @@ def serve(listen: Sequence[str], state: Path, *, tls_files: TlsFiles | None, pla
     rpc.add_OrchestratorServicer_to_server(OrchestratorService(orch, heartbeat_ms, counter_ms), server)
     rpc.add_ControlServicer_to_server(ControlService(orch), server)
     dom = Domain(orch, domain or socket.gethostname(), gateway=gateway)
-    rpc.add_AgentServicer_to_server(DomainAgentService(dom, counter_ms), server)
+    rpc.add_AgentServicer_to_server(AgentService(dom, counter_interval=counter_ms / 1000,
+                                                 capabilities=dom.capabilities), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (f"{PACKAGE}.Orchestrator", f"{PACKAGE}.Control", f"{PACKAGE}.Agent", health.SERVICE_NAME,
