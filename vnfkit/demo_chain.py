@@ -28,7 +28,7 @@ from rich.table import Table
 
 from vnfkit.cli_orch import Control, counters_table
 from vnfkit.emu import control_plane
-from vnfkit.emu.emulation import Emulation
+from vnfkit.emu.emulation import Emulation, EndpointInfo
 from vnfkit.emu.topology import Endpoint, Host, Topology
 from vnfkit.emu.traffic import HttpLoad, LoadStats, WebServer
 
@@ -59,6 +59,13 @@ paths:
 classifier:
   - {{path: web, match: {{dst: "{vip}/32", proto: tcp, dport: 80}}}}
 """
+
+
+def service_text(client: EndpointInfo, webs: list[EndpointInfo], vip: str, pool: str) -> str:
+    """The demo's service.yaml for an emulation's client and web servers, with a VIP for the
+    load balancer and a NAT pool address (``emu.net.spare_addresses()``)."""
+    return SERVICE.format(inside=f"{client.ip}/32", pool=pool, vip=vip,
+                          backends=", ".join(f'{{addr: "{w.ip}", port: 8080}}' for w in webs))
 
 
 def topology() -> Topology:
@@ -110,8 +117,7 @@ def run(seconds: float = 6.0, console: Console | None = None) -> int:
         vip, pool = emu.net.spare_addresses()
         client = state.endpoints["client"]
         webs = [state.endpoints["web1"], state.endpoints["web2"]]
-        text = SERVICE.format(inside=f"{client.ip}/32", pool=pool, vip=vip,
-                              backends=", ".join(f'{{addr: "{w.ip}", port: 8080}}' for w in webs))
+        text = service_text(client, webs, vip, pool)
         service = workdir / "service.yaml"
         service.write_text(text)
 
