@@ -93,6 +93,7 @@ def start_orchestrator(emu: Emulation, workdir: Path, *, domain: str | None = No
 def wait_registered(plane: ControlPlane, hosts: set[str], timeout: float, emu: Emulation,
                     orchestrator: str | None = None) -> None:
     """Wait until ``hosts`` are registered and alive at ``orchestrator`` (default: the top one)."""
+    from vnfkit.agent.convert import struct_to_dict
     from vnfkit.cli_orch import Control, ControlError
 
     address = orchestrator or plane.orchestrator
@@ -107,15 +108,38 @@ def wait_registered(plane: ControlPlane, hosts: set[str], timeout: float, emu: E
         try:
             c = Control(address, plane.certs)
             try:
-                seen = {h.host for h in c.call("ListHosts", c.pb.ListHostsRequest(), timeout=2).hosts if h.alive}
+                listed = {h.host: h for h in c.call("ListHosts", c.pb.ListHostsRequest(), timeout=2).hosts}
             finally:
                 c.close()
+            # A child domain counts once the parent holds what it advertises now: its first
+            # registration may have come before all of its hosts had (it registers again).
+            seen = {h for h, info in listed.items() if info.alive
+                    and (h not in plane.domains or _advertised(plane, h, struct_to_dict(info.capabilities)))}
         except ControlError:
             seen = set()
         if hosts <= seen:
             return
         time.sleep(0.2)
     raise EmuError(f"not registered at {address} after {timeout:.0f} s: missing {sorted(hosts - seen)}")
+
+
+def _advertised(plane: ControlPlane, domain: str, held: dict[str, object]) -> bool:
+    """Whether ``held`` (a parent's record of the domain) is what the domain advertises now."""
+    import grpc
+
+    from vnfkit.agent import tls
+    from vnfkit.proto import load
+
+    pb, rpc = load()
+    creds = tls.channel_credentials(plane.certs / "ca.pem", plane.certs / "client.pem", plane.certs / "client.key")
+    try:
+        with grpc.secure_channel(plane.domains[domain], creds,
+                                 options=[("grpc.ssl_target_name_override", "localhost")]) as ch:
+            now = rpc.AgentStub(ch).Capabilities(pb.CapabilitiesRequest(), timeout=2)
+    except grpc.RpcError:
+        return False
+    return (held.get("underlay"), held.get("cpus"), held.get("vnfs"), held.get("ingress"), held.get("egress")) == (
+        now.underlay, now.cpus, list(now.vnfs), list(now.ingress), list(now.egress))
 
 
 def remove_pins(emu_prefix: str) -> list[str]:
