@@ -67,7 +67,8 @@ class Reporter:
         if call is not None:
             call.cancel()
         for t in self._threads:
-            t.join(5)
+            if t.ident is not None:  # a child domain starts reporting only once it has a host
+                t.join(5)
 
     def refresh(self) -> None:
         """End the current counter stream after its next report, so the loop registers again."""

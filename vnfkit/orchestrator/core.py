@@ -251,11 +251,8 @@ class Orchestrator:
                 except Exception as exc:  # noqa: BLE001 - every host's failure is reported
                     failures[host] = str(exc)
         if failures:
-            for host in prepared:
-                try:
-                    self.client(host).abort(name, generation)
-                except Exception as exc:  # noqa: BLE001
-                    failures[host] = f"(prepared, then abort failed: {exc})"
+            for host, error in self.abort_hosts(name, generation, prepared).items():
+                failures[host] = f"(prepared, then abort failed: {error})"
             why = "; ".join(f"host {h}: {m}" for h, m in sorted(failures.items()))
             raise OrchestratorError("ABORTED", f"deploy of {name!r} generation {generation} rolled back: {why}")
 
@@ -264,15 +261,15 @@ class Orchestrator:
         for host in sorted(plans, key=lambda h: bool(plans[h].rules)):
             self.client(host).commit(name, generation)
 
-    def abort_hosts(self, name: str, generation: int, hosts: list[str]) -> list[str]:
-        """Undo a prepare on ``hosts``; the failures, one line per host (an abort that fails
-        leaves that host's prepared change waiting, which blocks its next change: say so)."""
-        errors = []
+    def abort_hosts(self, name: str, generation: int, hosts: Iterable[str]) -> dict[str, str]:
+        """Undo a prepare on ``hosts``; the failures by host (an abort that fails leaves that
+        host's prepared change waiting, which blocks its next change: say so)."""
+        errors = {}
         for host in hosts:
             try:
                 self.client(host).abort(name, generation)
             except Exception as exc:  # noqa: BLE001 - try every host
-                errors.append(f"host {host}: abort failed: {exc}")
+                errors[host] = str(exc)
         return errors
 
     def cleanup_hosts(self, hosts: Iterable[str]) -> None:

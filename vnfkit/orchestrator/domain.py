@@ -267,7 +267,8 @@ class Domain:
             del self._prepared[service]
             errors = self.orch.abort_hosts(service, generation, sorted(p.plans))
             if errors:
-                raise OrchestratorError("UNAVAILABLE", f"domain {self.name}: " + "; ".join(errors))
+                raise OrchestratorError("UNAVAILABLE", f"domain {self.name}: " + "; ".join(
+                    f"host {h}: abort failed: {e}" for h, e in sorted(errors.items())))
 
     def cleanup(self) -> None:
         with self.lock:
