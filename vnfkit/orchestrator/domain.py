@@ -153,6 +153,7 @@ class Domain:
         return next((h for h in sorted(live) if live[h].get(side)), None)
 
     def capabilities(self) -> Any:
+        """HostCapabilities of the whole domain, as its parent places and plans by them (module doc)."""
         live = self.live()
         problems = [] if live else ["no host of the domain is alive"]
         # The parent accounts for what it places itself; the domain's own services it cannot see.
