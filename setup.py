@@ -42,5 +42,6 @@ setup(
     install_requires=runtime_requirements(),
     # vnfkit-agent's gRPC code is generated from vnfkit/proto/vnfkit.proto when first imported
     # (vnfkit.proto.load), into the cache folder: nothing generated is installed or committed.
-    entry_points={"console_scripts": ["vnfkit = vnfkit.cli:main", "vnfkit-agent = vnfkit.agent.cli:main"]},
+    entry_points={"console_scripts": ["vnfkit = vnfkit.cli:main", "vnfkit-agent = vnfkit.agent.cli:main",
+                                      "vnfkit-orchestrator = vnfkit.orchestrator.server:main"]},
 )

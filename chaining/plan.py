@@ -255,3 +255,209 @@ def merge_plans(plans: Iterable[HostPlan]) -> HostPlan:
                     tuple(r for p in plans for r in p.rules),
                     tuple(sorted({i for p in plans for i in p.classify_on})), underlay, underlay_ip,
                     tuple(peers.values()), first.encap)
+
+
+# ---- recursive domains ------------------------------------------------------------------------
+# A child orchestrator registers with its parent as one host. It advertises its hosts'
+# interfaces under qualified names, "<host>/<ifname>" (a slash never occurs in a Linux
+# interface name), so names that repeat on several hosts of the domain stay apart and the child
+# can tell, from the parent's plan alone, which of its hosts each interface belongs to.
+
+
+def qualify(host: str, ifname: str) -> str:
+    """An interface of one host of a domain, as the domain advertises it: ``host/ifname``."""
+    return f"{host}/{ifname}"
+
+
+def unqualify(name: str) -> tuple[str, str]:
+    """(host, ifname) of a name made by :func:`qualify`; ChainError if it is not one."""
+    host, sep, ifname = name.partition("/")
+    if not sep or not host or not ifname:
+        raise ChainError(f"interface {name!r} names no host of the domain (expected HOST/IFNAME)")
+    return host, ifname
+
+
+@dataclass(frozen=True)
+class Pin:
+    """A function the domain's wiring puts on one host, and why."""
+
+    host: str
+    why: str
+
+
+def _egress_host(plan: HostPlan, wiring: Mapping[str, HostWiring], egress_host: str | None) -> str | None:
+    if egress_host is not None:
+        return egress_host
+    named = set()
+    for name in plan.classify_on:
+        host, ifname = unqualify(name)
+        if host in wiring and ifname in wiring[host].egress:
+            named.add(host)
+    if len(named) == 1:
+        return named.pop()
+    facing = sorted(h for h, w in wiring.items() if w.egress)
+    return facing[0] if len(facing) == 1 else None
+
+
+def domain_pins(plan: HostPlan, wiring: Mapping[str, HostWiring], *,
+                egress_host: str | None = None) -> dict[str, Pin]:
+    """The functions of a parent's plan that the domain's wiring fixes to one of its hosts.
+
+    A segment's first function runs where its packets enter the domain: on the host of its
+    classifier rule's interfaces, on the host facing servers for the replies of a symmetric
+    path (they are classified where the forward path ended), else on the gateway, the host whose
+    underlay the domain advertised (``plan.underlay``), where the parent's NSH arrives. A
+    segment of a forward path that ends at the stack ends on the host facing servers
+    (``egress_host``, or the one host of ``wiring`` with egress interfaces): that host routes the
+    packet on, and records the flows whose replies come back. A reverse path ends where its
+    forward path began (its last function is the forward path's first, pinned by the rule), so
+    its end adds no pin. ChainError lists every contradiction.
+    """
+    problems: list[str] = []
+    gateway = unqualify(plan.underlay)[0] if plan.underlay else None
+    egress = _egress_host(plan, wiring, egress_host)
+    rule_hosts: dict[tuple[int, int], set[str]] = {}
+    for r in plan.rules:
+        for name in r.interfaces:
+            rule_hosts.setdefault((r.spi, r.si), set()).add(unqualify(name)[0])
+    reply_starts = {p.reverse for p in plan.paths if p.reverse is not None}
+    # The compiler names a symmetric path's reverse "<id>.reverse" (ids hold no dots).
+    reverse_spis = {spi for spi, _ in reply_starts} | {p.spi for p in plan.paths if p.path.endswith(".reverse")}
+    pins: dict[str, Pin] = {}
+
+    def pin(fid: str, host: str | None, why: str, missing: str) -> None:
+        if host is None:
+            problems.append(f"{missing}: {why}")
+            return
+        if host not in wiring:
+            problems.append(f"function {fid!r} must run on {host!r} ({why}), which is not a live host of the domain")
+            return
+        have = pins.setdefault(fid, Pin(host, why))
+        if have.host != host:
+            problems.append(f"function {fid!r} must run on {have.host!r} ({have.why}) and on {host!r} ({why}): "
+                            "the domain cannot run it")
+
+    for p in plan.paths:
+        if not p.functions:
+            continue
+        where = f"path {p.path or p.spi} (SPI {p.spi} SI {p.first_si})"
+        key = (p.spi, p.first_si)
+        if key in rule_hosts:
+            hosts = sorted(rule_hosts[key])
+            if len(hosts) > 1:
+                problems.append(f"{where}: its classifier rule names interfaces on {', '.join(hosts)}; "
+                                "a segment starts on one host")
+                continue
+            pin(p.functions[0], hosts[0], f"{where} starts at its classifier rule's interfaces on {hosts[0]}",
+                where)
+        elif key in reply_starts:
+            pin(p.functions[0], egress, f"{where} carries replies, classified on the host facing servers",
+                f"{where} carries replies but the domain has no single host facing servers")
+        else:
+            pin(p.functions[0], gateway, f"{where} arrives as NSH at the domain's gateway {gateway}",
+                f"{where} arrives as NSH but the plan names no underlay of the domain")
+        if p.end == "stack" and p.spi not in reverse_spis:
+            pin(p.functions[-1], egress, f"{where} ends at the stack of the host facing servers {egress}",
+                f"{where} ends at the stack but the domain has no single host facing servers")
+    if problems:
+        raise ChainError("; ".join(problems))
+    return pins
+
+
+def split_plan(plan: HostPlan, placement: Mapping[str, str], wiring: Mapping[str, HostWiring], *,
+               egress_host: str | None = None) -> dict[str, HostPlan]:
+    """A parent's plan for a whole domain, cut into one plan per host of the domain.
+
+    ``placement`` maps each of the plan's function ids to a host of ``wiring`` (it must honour
+    :func:`domain_pins`). The parent's SPIs and SIs are kept: a segment is cut where consecutive
+    functions change host, the cut carried as NSH between the domain's hosts (SI going on from
+    where it was), and its last piece ends as the parent said, at the stack (with the reverse
+    hop of a symmetric path) or as NSH to the parent's ``next_host``, whose address comes from
+    the plan's peers (renamed ``<name>@parent`` if a host of the domain has the same name).
+    Interfaces the parent names (``host/ifname``) go back to their host. ChainError lists every
+    problem.
+    """
+    problems: list[str] = []
+    try:
+        pins = domain_pins(plan, wiring, egress_host=egress_host)
+    except ChainError as exc:
+        problems.append(str(exc))
+        pins = {}
+    for fid, p in pins.items():
+        if placement.get(fid) not in (None, p.host):
+            problems.append(f"function {fid!r} is placed on {placement[fid]!r} but must run on {p.host!r} ({p.why})")
+    for f in plan.functions:
+        if f.id not in placement:
+            problems.append(f"function {f.id!r} is placed on no host of the domain")
+        elif placement[f.id] not in wiring:
+            problems.append(f"function {f.id!r} is placed on {placement[f.id]!r}, which is not a host of the domain")
+    if problems:
+        raise ChainError("; ".join(problems))
+
+    def outer(name: str) -> str:
+        return f"{name}@parent" if name in wiring else name
+
+    hosts = sorted({placement[f.id] for f in plan.functions})
+    paths: dict[str, list[PathSpec]] = {}
+    rules: dict[str, list[RuleSpec]] = {}
+    classify_on: dict[str, set[str]] = {}
+    peers: dict[str, dict[str, PeerSpec]] = {}
+
+    def add_peer(host: str, peer: PeerSpec) -> None:
+        peers.setdefault(host, {})[peer.host] = peer
+
+    for p in plan.paths:
+        runs: list[tuple[str, list[str], int]] = []
+        for i, fid in enumerate(p.functions):
+            h = placement[fid]
+            if runs and runs[-1][0] == h:
+                runs[-1][1].append(fid)
+            else:
+                runs.append((h, [fid], p.first_si - i))
+        for k, (h, fids, first_si) in enumerate(runs):
+            if k + 1 < len(runs):
+                nxt = runs[k + 1][0]
+                w = wiring[nxt]
+                if not wiring[h].underlay or not w.underlay:
+                    problems.append(f"path {p.path or p.spi} goes from {h!r} to {nxt!r} inside the domain, "
+                                    "but one of them has no underlay")
+                add_peer(h, PeerSpec(nxt, w.underlay_mac or "", w.underlay_ip))
+                spec = PathSpec(p.spi, first_si, tuple(fids), "remote", nxt, None, p.path)
+            elif p.end == "remote":
+                try:
+                    peer = plan.peer(p.next_host or "")
+                except KeyError:
+                    problems.append(f"path {p.path or p.spi} goes on to {p.next_host!r}, which the plan gives "
+                                    "no address for")
+                    continue
+                add_peer(h, PeerSpec(outer(peer.host), peer.mac, peer.ip))
+                spec = PathSpec(p.spi, first_si, tuple(fids), "remote", outer(peer.host), None, p.path)
+            else:
+                # The replies' classifier runs on the interfaces the parent's classify_on names.
+                spec = PathSpec(p.spi, first_si, tuple(fids), p.end, None, p.reverse, p.path)
+            paths.setdefault(h, []).append(spec)
+    for r in plan.rules:
+        names = [unqualify(i) for i in r.interfaces]
+        for h in {h for h, _ in names}:
+            if h not in wiring:
+                problems.append(f"classifier rule {r.name or r.spi} names interfaces of {h!r}, "
+                                "which is not a host of the domain")
+                continue
+            ifnames = tuple(i for hh, i in names if hh == h)
+            rules.setdefault(h, []).append(RuleSpec(r.spi, r.si, r.match, ifnames, r.name))
+            classify_on.setdefault(h, set()).update(ifnames)
+    for name in plan.classify_on:
+        h, ifname = unqualify(name)
+        if h not in wiring:
+            problems.append(f"the plan classifies on {name!r}, an interface of no host of the domain")
+            continue
+        classify_on.setdefault(h, set()).add(ifname)
+    if problems:
+        raise ChainError("; ".join(problems))
+    out = {}
+    for h in sorted({*hosts, *rules, *classify_on}):
+        w = wiring[h]
+        out[h] = HostPlan(h, w.ns, tuple(f for f in plan.functions if placement[f.id] == h), tuple(paths.get(h, ())),
+                          tuple(rules.get(h, ())), tuple(sorted(classify_on.get(h, ()))), w.underlay, w.underlay_ip,
+                          tuple(sorted(peers.get(h, {}).values(), key=lambda p: p.host)), plan.encap)
+    return out

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from vnfkit.cli_orch import Control, ControlError
-from vnfkit.demo_chain import SERVICE, topology
+from vnfkit.demo_chain import service_text, topology
 from vnfkit.emu import control_plane
 from vnfkit.emu.emulation import Emulation
 from vnfkit.emu.traffic import HttpLoad, WebServer
@@ -32,8 +32,7 @@ def lab(tmp_path: Path, monkeypatch):  # noqa: ANN001, ANN201
         vip, pool = emu.net.spare_addresses()
         client, webs = state.endpoints["client"], [state.endpoints["web1"], state.endpoints["web2"]]
         service = tmp_path / "service.yaml"
-        service.write_text(SERVICE.format(inside=f"{client.ip}/32", pool=pool, vip=vip,
-                                          backends=", ".join(f'{{addr: "{w.ip}", port: 8080}}' for w in webs)))
+        service.write_text(service_text(client, webs, vip, pool))
         control = Control(plane.orchestrator, plane.certs)
         try:
             yield {"emu": emu, "plane": plane, "control": control, "service": service, "vip": vip, "pool": pool,

@@ -28,7 +28,7 @@ from rich.table import Table
 
 from vnfkit.cli_orch import Control, counters_table
 from vnfkit.emu import control_plane
-from vnfkit.emu.emulation import Emulation
+from vnfkit.emu.emulation import Emulation, EndpointInfo
 from vnfkit.emu.topology import Endpoint, Host, Topology
 from vnfkit.emu.traffic import HttpLoad, LoadStats, WebServer
 
@@ -61,14 +61,19 @@ classifier:
 """
 
 
+def service_text(client: EndpointInfo, webs: list[EndpointInfo], vip: str, pool: str) -> str:
+    """The demo's service.yaml for an emulation's client and web servers, with a VIP for the
+    load balancer and a NAT pool address (``emu.net.spare_addresses()``)."""
+    return SERVICE.format(inside=f"{client.ip}/32", pool=pool, vip=vip,
+                          backends=", ".join(f'{{addr: "{w.ip}", port: 8080}}' for w in webs))
+
+
 def web_service(emu: Emulation, client: str, servers: list[str]) -> tuple[str, str, str]:
-    """The demo's service for this emulation's addresses: (service.yaml text, VIP, NAT pool).
-    The VIP and the pool are addresses of the emulation's range that no interface uses."""
+    """The demo's service for this emulation's endpoints ``client`` and ``servers``, with a VIP
+    and a NAT pool the emulation's interfaces do not use: (service.yaml text, VIP, pool)."""
     vip, pool = emu.net.spare_addresses()
     eps = emu.state.endpoints
-    text = SERVICE.format(inside=f"{eps[client].ip}/32", pool=pool, vip=vip,
-                          backends=", ".join(f'{{addr: "{eps[w].ip}", port: 8080}}' for w in servers))
-    return text, vip, pool
+    return service_text(eps[client], [eps[w] for w in servers], vip, pool), vip, pool
 
 
 def topology() -> Topology:

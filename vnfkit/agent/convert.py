@@ -88,6 +88,20 @@ def digest(seg: Any) -> str:
     return hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()
 
 
+def reconfigured(segment: bytes, generation: int, function: str, config: Any, control: Any | None) -> Any:
+    """A stored Segment as a new generation with one function's config (and, unless None, its
+    control settings) replaced: what ``Configure`` applies. KeyError if it has no such function."""
+    seg = pb.Segment.FromString(segment)
+    fn = next((f for f in seg.functions if f.id == function), None)
+    if fn is None:
+        raise KeyError(f"service {seg.service!r} has no function {function!r} (it has {[f.id for f in seg.functions]})")
+    fn.config.CopyFrom(config)
+    if control is not None:
+        fn.control.CopyFrom(control)
+    seg.generation = generation
+    return seg
+
+
 def plan_from_segment(seg: Any, host: str, vnfs_dir: Path) -> HostPlan:
     """The host plan of one service's segment; AgentError(INVALID_ARGUMENT) listing every problem."""
     problems: list[str] = []

@@ -22,7 +22,7 @@ from chaining.local import ChainError
 from chaining.plan import HostPlan, PathSpec, merge_plans
 from datapath.netns import ifindex
 from datapath.pins import PinGroup, ensure_bpffs
-from vnfkit.agent.convert import digest, plan_from_segment
+from vnfkit.agent.convert import digest, plan_from_segment, reconfigured
 from vnfkit.agent.errors import ALREADY_EXISTS, FAILED_PRECONDITION, INVALID_ARGUMENT, NOT_FOUND, AgentError
 from vnfkit.agent.logs import event
 from vnfkit.agent.store import Store, Stored, StoreError
@@ -344,15 +344,10 @@ class HostAgent:
             row = self.store.segments().get(service)
             if row is None:
                 raise AgentError(NOT_FOUND, f"no service {service!r} on this host")
-            seg = pb.Segment.FromString(row.segment)
-            fn = next((f for f in seg.functions if f.id == function), None)
-            if fn is None:
-                raise AgentError(NOT_FOUND, f"service {service!r} has no function {function!r} "
-                                            f"(it has {[f.id for f in seg.functions]})")
-            fn.config.CopyFrom(config)
-            if control is not None:
-                fn.control.CopyFrom(control)
-            seg.generation = generation
+            try:
+                seg = reconfigured(row.segment, generation, function, config, control)
+            except KeyError as exc:
+                raise AgentError(NOT_FOUND, exc.args[0]) from exc
             return self.apply(seg)
 
     # ---- reading ------------------------------------------------------------------------------

@@ -13,11 +13,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 
-from vnfkit.agent.core import HostAgent
 from vnfkit.agent.logs import event
 from vnfkit.agent.tls import channel_options
 from vnfkit.proto import load
@@ -27,10 +26,21 @@ log = logging.getLogger("vnfkit.agent.report")
 MAX_BACKOFF = 10.0
 
 
-class Reporter:
-    """``Reporter(agent, target, credentials, address, capabilities).start()``; ``stop()``."""
+class Reporting(Protocol):
+    """What reports: a host's agent (``HostAgent``), or a child orchestrator's domain
+    (``vnfkit.orchestrator.domain.Domain``), which registers with its parent as one host."""
 
-    def __init__(self, agent: HostAgent, target: str, credentials: grpc.ChannelCredentials | None, *,
+    name: str
+
+    def state(self) -> Any: ...
+    def counters(self) -> Any: ...
+
+
+class Reporter:
+    """``Reporter(agent, target, credentials, address, capabilities).start()``; ``stop()``;
+    ``refresh()`` registers again (with capabilities that changed)."""
+
+    def __init__(self, agent: Reporting, target: str, credentials: grpc.ChannelCredentials | None, *,
                  address: str, capabilities: Callable[[], Any], counter_interval: float,
                  heartbeat_interval: float) -> None:
         self.agent = agent
@@ -42,6 +52,7 @@ class Reporter:
         self.heartbeat_interval = heartbeat_interval
         self.registered = threading.Event()
         self._stop = threading.Event()
+        self._refresh = threading.Event()
         self._call: Any = None
         self._threads = [threading.Thread(target=self._run, name="vnfkit-report", daemon=True),
                          threading.Thread(target=self._heartbeats, name="vnfkit-heartbeat", daemon=True)]
@@ -56,7 +67,12 @@ class Reporter:
         if call is not None:
             call.cancel()
         for t in self._threads:
-            t.join(5)
+            if t.ident is not None:  # a child domain starts reporting only once it has a host
+                t.join(5)
+
+    def refresh(self) -> None:
+        """End the current counter stream after its next report, so the loop registers again."""
+        self._refresh.set()
 
     def _channel(self) -> grpc.Channel:
         if self.credentials is None:
@@ -64,6 +80,7 @@ class Reporter:
         return grpc.secure_channel(self.target, self.credentials, channel_options(self.target))
 
     def _register(self, stub: Any) -> None:
+        self._refresh.clear()
         st = self.agent.state()
         reply = stub.Register(pb.RegisterRequest(host=self.agent.name, address=self.address,
                                                  capabilities=self.capabilities(), services=st.services), timeout=10)
@@ -80,7 +97,7 @@ class Reporter:
         while not self._stop.is_set():
             seq += 1
             yield pb.CounterReport(host=self.agent.name, sequence=seq, counters=self.agent.counters())
-            if self._stop.wait(self.counter_interval):
+            if self._stop.wait(self.counter_interval) or self._refresh.is_set():
                 return
 
     def _run(self) -> None:
@@ -93,6 +110,9 @@ class Reporter:
                     backoff = 0.2
                     self._call = stub.ReportCounters.future(self._reports())
                     self._call.result()
+            except grpc.FutureCancelledError:  # stop() cancelled the stream: not a failure
+                if self._stop.is_set():
+                    return
             except grpc.RpcError as exc:
                 if self._stop.is_set():
                     return

@@ -10,19 +10,20 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from datapath.errors import VnfkitError
 from vnfkit.agent import tls
 from vnfkit.agent.check import capabilities
 from vnfkit.agent.config import AgentConfig
 from vnfkit.agent.core import HostAgent
-from vnfkit.agent.errors import AgentError
 from vnfkit.agent.logs import event
 from vnfkit.agent.metrics import serve_metrics
 from vnfkit.agent.report import Reporter
@@ -33,20 +34,41 @@ log = logging.getLogger("vnfkit.agent")
 MAX_WORKERS = 16  # each WatchCounters stream holds one while it lasts
 
 
-class AgentService(rpc.AgentServicer):
-    """The ``Agent`` service: each call checks, then hands over to ``HostAgent``; a refusal
-    becomes its status code with the agent's message."""
+class AgentWork(Protocol):
+    """What the Agent service hands its calls to: a host's ``HostAgent``, or a child
+    orchestrator's ``vnfkit.orchestrator.domain.Domain`` (a whole domain as one host)."""
 
-    def __init__(self, agent: HostAgent, cfg: AgentConfig) -> None:
+    def prepare(self, seg: Any) -> bool: ...
+    def commit(self, service: str, generation: int) -> None: ...
+    def abort(self, service: str, generation: int) -> None: ...
+    def cleanup(self) -> None: ...
+    def apply(self, seg: Any) -> bool: ...
+    def remove(self, service: str) -> bool: ...
+    def configure(self, service: str, generation: int, function: str, config: Any, control: Any | None) -> bool: ...
+    def state(self) -> Any: ...
+    def counters(self, service: str = "") -> Any: ...
+
+
+class AgentService(rpc.AgentServicer):
+    """The ``Agent`` service: each call checks, then hands over to ``agent``; a refusal (an
+    error with a ``code``: ``AgentError``, ``OrchestratorError``) becomes that status code
+    with its message."""
+
+    def __init__(self, agent: AgentWork, *, counter_interval: float, capabilities: Callable[[], Any]) -> None:
         self.agent = agent
-        self.cfg = cfg
+        self.counter_interval = counter_interval
+        self.capabilities = capabilities
 
     @staticmethod
     def _call(context: grpc.ServicerContext, fn: Any) -> Any:
         try:
             return fn()
-        except AgentError as exc:
-            context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
+        except VnfkitError as exc:
+            code = getattr(exc, "code", None)
+            if code is None:
+                log.exception("request failed")
+                context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+            context.abort(getattr(grpc.StatusCode, code, grpc.StatusCode.UNKNOWN), str(exc))
         except Exception as exc:  # noqa: BLE001 - a bug: say so, keep serving
             log.exception("request failed")
             context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
@@ -82,7 +104,7 @@ class AgentService(rpc.AgentServicer):
         return self._call(context, lambda: self.agent.counters(request.service))
 
     def WatchCounters(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
-        interval = request.interval_ms / 1000 if request.interval_ms else self.cfg.counter_interval
+        interval = request.interval_ms / 1000 if request.interval_ms else self.counter_interval
         gone = threading.Event()
         context.add_callback(gone.set)  # the caller went away: stop at once, not at the next yield
         while context.is_active():
@@ -91,7 +113,7 @@ class AgentService(rpc.AgentServicer):
                 return
 
     def Capabilities(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
-        return self._call(context, lambda: capabilities(self.cfg))
+        return self._call(context, self.capabilities)
 
 
 @dataclass
@@ -128,7 +150,8 @@ def serve(cfg: AgentConfig) -> Running:
     agent = HostAgent(cfg.name, cfg.state_dir, cfg.group, cfg.vnfs_dir, drain=cfg.drain)
     agent.start()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix="vnfkit-rpc"))
-    rpc.add_AgentServicer_to_server(AgentService(agent, cfg), server)
+    rpc.add_AgentServicer_to_server(AgentService(agent, counter_interval=cfg.counter_interval,
+                                                 capabilities=lambda: capabilities(cfg)), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (pb.DESCRIPTOR.services_by_name["Agent"].full_name, health.SERVICE_NAME, reflection.SERVICE_NAME)

@@ -18,7 +18,7 @@ import concurrent.futures
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -126,7 +126,9 @@ class Orchestrator:
             return have[1]
 
     # ---- services --------------------------------------------------------------------------
-    def _offers(self, exclude: str) -> list[HostOffer]:
+    def used(self, exclude: str = "", *, delegated: bool = True) -> dict[str, list[float]]:
+        """Per host, [cpus, memory MB] taken by deployed services other than ``exclude`` (and,
+        with ``delegated``, by the parts of a parent's services this domain runs)."""
         used: dict[str, list[float]] = {}
         for rec in self.store.services():
             if rec.name == exclude or rec.state not in ("deployed", "deploying"):
@@ -139,6 +141,17 @@ class Orchestrator:
                 u = used.setdefault(host, [0.0, 0])
                 u[0] += c
                 u[1] += m
+        for d in self.store.delegated() if delegated else ():
+            if d.name == exclude:
+                continue
+            for host, (c, m) in d.usage.items():
+                u = used.setdefault(host, [0.0, 0])
+                u[0] += c
+                u[1] += m
+        return used
+
+    def offers(self, exclude: str) -> list[HostOffer]:
+        used = self.used(exclude)
         offers = []
         for h in self.hosts():
             if not h.alive:
@@ -158,11 +171,12 @@ class Orchestrator:
         except DescriptorError as exc:
             raise OrchestratorError("INVALID_ARGUMENT", str(exc)) from exc
         try:
-            placement = self.placement(service, self._offers(service.name))
+            placement = self.placement(service, self.offers(service.name))
         except PlacementError as exc:
             raise OrchestratorError("FAILED_PRECONDITION", str(exc)) from exc
         reserved = {spi for rec in self.store.services() if rec.name != service.name or rec.state == "deployed"
                     for spi in rec.spis}
+        reserved |= {spi for d in self.store.delegated() for spi in d.spis}  # a parent's, on our hosts
         first = max(reserved, default=0) + 1
         try:
             compiled = compile_paths(service, placement, first_spi=first, reserved_spis=reserved)
@@ -181,6 +195,9 @@ class Orchestrator:
         with self._lock:
             service, placement, compiled, plans = self.plan(source)
             old = self.store.service(service.name)
+            if self.store.delegated_service(service.name) is not None:
+                raise OrchestratorError("ALREADY_EXISTS", f"service {service.name!r} runs in this domain for the "
+                                        "parent orchestrator; a service of this domain's own needs another name")
             if old is not None and not update:
                 raise OrchestratorError("ALREADY_EXISTS", f"service {service.name!r} is already deployed "
                                         f"(generation {old.generation}); update it or undeploy it first")
@@ -204,46 +221,25 @@ class Orchestrator:
             return rec
 
     def _two_phase(self, name: str, generation: int, plans: dict[str, HostPlan], old: ServiceRecord | None) -> None:
-        prepared: list[str] = []
-        failures: dict[str, str] = {}
-        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(plans))) as pool:
-            futures = {pool.submit(self.client(h).prepare, name, generation, p): h for h, p in plans.items()}
-            for fut in concurrent.futures.as_completed(futures):
-                host = futures[fut]
-                try:
-                    fut.result()
-                    prepared.append(host)
-                except Exception as exc:  # noqa: BLE001 - every host's failure is reported
-                    failures[host] = str(exc)
-        if failures:
-            for host in prepared:
-                try:
-                    self.client(host).abort(name, generation)
-                except Exception as exc:  # noqa: BLE001
-                    failures[host] = f"(prepared, then abort failed: {exc})"
+        try:
+            self.prepare_hosts(name, generation, plans)
+        except OrchestratorError:
             if old is None:
                 self.store.delete_service(name)
             else:
                 self.store.put_service(old)
-            why = "; ".join(f"host {h}: {m}" for h, m in sorted(failures.items()))
-            raise OrchestratorError("ABORTED", f"deploy of {name!r} generation {generation} rolled back: {why}")
-        # Downstream first: a classifier switches traffic only once every later hop is live.
-        order = sorted(plans, key=lambda h: bool(plans[h].rules))
+            raise
         committed: list[str] = []
-        for host in order:
-            try:
-                self.client(host).commit(name, generation)
-            except Exception as exc:  # noqa: BLE001 - the agent died or refused between the phases
-                self._undo_commits(name, generation, order, committed, host, old)
-                raise OrchestratorError("ABORTED", f"deploy of {name!r} generation {generation} rolled back: "
-                                        f"host {host}: commit failed: {exc}") from exc
-            committed.append(host)
+        try:
+            self.commit_hosts(name, generation, plans, committed)
+        except Exception as exc:  # noqa: BLE001 - an agent died or refused between the phases
+            order = self.commit_order(plans)
+            failed = order[len(committed)]
+            self._undo_commits(name, generation, order, committed, failed, old)
+            raise OrchestratorError("ABORTED", f"deploy of {name!r} generation {generation} rolled back: "
+                                    f"host {failed}: commit failed: {exc}") from exc
         time.sleep(self.drain)
-        for host in order:
-            try:
-                self.client(host).cleanup()
-            except Exception as exc:  # noqa: BLE001 - old state left behind is harmless; say so
-                log.warning("cleanup failed host=%s error=%s", host, exc)
+        self.cleanup_hosts(plans)
 
     def _undo_commits(self, name: str, generation: int, order: list[str], committed: list[str], failed: str,
                       old: ServiceRecord | None) -> None:
@@ -275,6 +271,64 @@ class Orchestrator:
         else:
             old.generation = back  # what the rolled-back hosts now hold; the next deploy goes past it
             self.store.put_service(old)
+
+
+    def prepare_hosts(self, name: str, generation: int, plans: dict[str, HostPlan]) -> None:
+        """Phase 1 on every host of ``plans``, in parallel. If any host fails, abort those that
+        prepared, so every host is as before, and raise OrchestratorError(ABORTED) naming each
+        failed host and why."""
+        prepared: list[str] = []
+        failures: dict[str, str] = {}
+        # Every client first (a host not registered fails before any host is prepared), here
+        # under the caller's lock: the pool's threads would wait on it.
+        clients = {h: self.client(h) for h in plans}
+        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(plans))) as pool:
+            futures = {pool.submit(clients[h].prepare, name, generation, p): h for h, p in plans.items()}
+            for fut in concurrent.futures.as_completed(futures):
+                host = futures[fut]
+                try:
+                    fut.result()
+                    prepared.append(host)
+                except Exception as exc:  # noqa: BLE001 - every host's failure is reported
+                    failures[host] = str(exc)
+        if failures:
+            for host, error in self.abort_hosts(name, generation, prepared).items():
+                failures[host] = f"(prepared, then abort failed: {error})"
+            why = "; ".join(f"host {h}: {m}" for h, m in sorted(failures.items()))
+            raise OrchestratorError("ABORTED", f"deploy of {name!r} generation {generation} rolled back: {why}")
+
+    @staticmethod
+    def commit_order(plans: dict[str, HostPlan]) -> list[str]:
+        """Downstream first: a classifier switches traffic only once every later hop is live."""
+        return sorted(plans, key=lambda h: bool(plans[h].rules))
+
+    def commit_hosts(self, name: str, generation: int, plans: dict[str, HostPlan],
+                     committed: list[str] | None = None) -> None:
+        """Phase 2, in ``commit_order``; ``committed`` collects the hosts that switched, for a
+        caller that must undo them when a later one fails."""
+        for host in self.commit_order(plans):
+            self.client(host).commit(name, generation)
+            if committed is not None:
+                committed.append(host)
+
+    def abort_hosts(self, name: str, generation: int, hosts: Iterable[str]) -> dict[str, str]:
+        """Undo a prepare on ``hosts``; the failures by host (an abort that fails leaves that
+        host's prepared change waiting, which blocks its next change: say so)."""
+        errors = {}
+        for host in hosts:
+            try:
+                self.client(host).abort(name, generation)
+            except Exception as exc:  # noqa: BLE001 - try every host
+                errors[host] = str(exc)
+        return errors
+
+    def cleanup_hosts(self, hosts: Iterable[str]) -> None:
+        """Phase 3, after the drain."""
+        for host in sorted(hosts):
+            try:
+                self.client(host).cleanup()
+            except Exception as exc:  # noqa: BLE001 - old state left behind is harmless; say so
+                log.warning("cleanup failed host=%s error=%s", host, exc)
 
     def undeploy(self, name: str) -> None:
         with self._lock:
@@ -309,7 +363,7 @@ class Orchestrator:
         """Per service: its functions' counters (from the host each runs on), its paths'
         packets (at each path's first hop) and hops, from the latest reports."""
         out: dict[str, Any] = {}
-        for rec in self.store.services():
+        for rec in [*self.store.services(), *self.store.delegated()]:  # own, and a parent's parts
             if name is not None and rec.name != name:
                 continue
             functions: dict[str, Any] = {}

@@ -2,6 +2,10 @@
 counters) and the Control service (``vnfkit deploy``/``services``/``undeploy``/``counters``/
 ``hosts``) over gRPC with mutual TLS, in front of :class:`vnfkit.orchestrator.core.Orchestrator`.
 It reaches each host's agent through the Agent service of ``vnfkit.proto``.
+
+It serves the Agent service as well, on the same addresses and with the same mTLS, so that a
+parent orchestrator can use this one as a host: a child domain (``--parent ADDR --domain NAME``,
+``vnfkit.orchestrator.domain``).
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import socket
 import sys
 import threading
 import time
@@ -27,7 +32,10 @@ from vnfkit.agent import tls
 from vnfkit.agent.convert import dict_to_struct, segment_from_plan
 from vnfkit.agent.logs import event
 from vnfkit.agent.logs import setup as setup_logs
+from vnfkit.agent.report import Reporter
+from vnfkit.agent.server import AgentService
 from vnfkit.orchestrator.core import Orchestrator, OrchestratorError
+from vnfkit.orchestrator.domain import CapabilityWatch, Domain
 from vnfkit.orchestrator.placement import load_placement
 from vnfkit.orchestrator.store import AgentRecord, ServiceRecord, Store
 from vnfkit.proto import PACKAGE, load
@@ -172,18 +180,29 @@ class Running:
     server: grpc.Server
     ports: list[int]
     metrics: Any = None  # the /metrics HTTP server, if one was asked for
+    domain: Domain | None = None
+    reporter: Reporter | None = None
+    watch: CapabilityWatch | None = None
 
     def stop(self, grace: float = 2.0) -> None:
         if self.metrics is not None:
             self.metrics.shutdown()
+        if self.watch is not None:
+            self.watch.stop()
+        if self.reporter is not None:
+            self.reporter.stop()
         self.server.stop(grace).wait()
         self.orchestrator.store.close()
 
 
 def serve(listen: Sequence[str], state: Path, *, tls_files: TlsFiles | None, placement: str = "pack",
-          drain: float = 0.1, heartbeat_ms: int = 1000, counter_ms: int = 1000, metrics: str = "") -> Running:
+          drain: float = 0.1, heartbeat_ms: int = 1000, counter_ms: int = 1000, metrics: str = "",
+          domain: str | None = None, parent: str | None = None, gateway: str | None = None,
+          advertise: str | None = None) -> Running:
     """Start serving; ``tls_files`` None is the announced insecure development mode; ``metrics``
-    (``host:port``) also serves the services' counters at ``/metrics`` for Prometheus."""
+    (``host:port``) also serves the services' counters at ``/metrics`` for Prometheus. With
+    ``parent``, register there as the host ``domain`` reachable at ``advertise`` (default: the
+    first listen address) and report to it (``vnfkit.orchestrator.domain``)."""
     if tls_files is None:
         event(log, "INSECURE: serving without TLS or client certificates; development only",
               level=logging.WARNING, listen=list(listen))
@@ -196,9 +215,13 @@ def serve(listen: Sequence[str], state: Path, *, tls_files: TlsFiles | None, pla
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="vnfkit-orch"))
     rpc.add_OrchestratorServicer_to_server(OrchestratorService(orch, heartbeat_ms, counter_ms), server)
     rpc.add_ControlServicer_to_server(ControlService(orch), server)
+    dom = Domain(orch, domain or socket.gethostname(), gateway=gateway)
+    rpc.add_AgentServicer_to_server(AgentService(dom, counter_interval=counter_ms / 1000,
+                                                 capabilities=dom.capabilities), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    names = (f"{PACKAGE}.Orchestrator", f"{PACKAGE}.Control", health.SERVICE_NAME, reflection.SERVICE_NAME)
+    names = (f"{PACKAGE}.Orchestrator", f"{PACKAGE}.Control", f"{PACKAGE}.Agent", health.SERVICE_NAME,
+             reflection.SERVICE_NAME)
     reflection.enable_server_reflection(names, server)
     ports = []
     for address in listen:
@@ -214,9 +237,17 @@ def serve(listen: Sequence[str], state: Path, *, tls_files: TlsFiles | None, pla
         from vnfkit.orchestrator.metrics import serve_metrics
 
         metrics_server = serve_metrics(orch, metrics)
+    running = Running(orch, server, ports, metrics_server, dom)
+    if parent:
+        running.reporter = Reporter(dom, parent, client_creds, address=advertise or listen[0],
+                                    capabilities=dom.capabilities, counter_interval=counter_ms / 1000,
+                                    heartbeat_interval=heartbeat_ms / 1000)
+        running.watch = CapabilityWatch(dom, running.reporter.start, running.reporter.refresh, heartbeat_ms / 1000)
+        running.watch.begin()
     event(log, "serving", listen=list(listen), ports=ports, tls=tls_files is not None, state=str(state),
-          services=[s.name for s in orch.services()], hosts=[h.name for h in orch.hosts()], metrics=metrics)
-    return Running(orch, server, ports, metrics_server)
+          services=[s.name for s in orch.services()], hosts=[h.name for h in orch.hosts()], domain=dom.name,
+          parent=parent, delegated=[d.name for d in orch.store.delegated()], metrics=metrics)
+    return running
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -232,6 +263,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--counter-ms", type=int, default=1000)
     p.add_argument("--metrics", default="", metavar="HOST:PORT",
                    help="serve Prometheus /metrics there (default: off)")
+    p.add_argument("--domain", help="this domain's name as a host of its parent (default: the host name)")
+    p.add_argument("--parent", help="a parent orchestrator's address: register there as one host (recursion)")
+    p.add_argument("--gateway", help="the host of this domain where NSH from the parent arrives "
+                                     "(default: the first by name that does not face servers)")
+    p.add_argument("--advertise", help="the address the parent reaches this orchestrator's Agent service at "
+                                       "(default: the first --listen)")
     p.add_argument("--log-level", default="info")
     args = p.parse_args(argv)
     setup_logs(args.log_level)
@@ -242,7 +279,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     running = serve(args.listen or ["127.0.0.1:50050"], args.state, tls_files=tls_files, placement=args.placement,
                     drain=args.drain, heartbeat_ms=args.heartbeat_ms, counter_ms=args.counter_ms,
-                    metrics=args.metrics)
+                    metrics=args.metrics, domain=args.domain, parent=args.parent, gateway=args.gateway,
+                    advertise=args.advertise)
     stop.wait()
     running.stop()
     return 0

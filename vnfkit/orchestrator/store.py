@@ -34,6 +34,19 @@ CREATE TABLE IF NOT EXISTS services (
     updated REAL NOT NULL,
     plans TEXT NOT NULL DEFAULT '{}' -- JSON: host -> HostPlan.to_dict(), what each host was sent
 );
+-- Parts of a parent orchestrator's services this orchestrator runs as a child domain
+-- (vnfkit.orchestrator.domain): what the parent asked, and where it went in the domain.
+CREATE TABLE IF NOT EXISTS delegated (
+    name TEXT PRIMARY KEY,          -- the parent's service
+    generation INTEGER NOT NULL,
+    digest TEXT NOT NULL,           -- of the parent's Segment without its generation
+    segment BLOB NOT NULL,          -- the parent's Segment (protobuf), as it came
+    placement TEXT NOT NULL,        -- JSON: function id -> host of this domain
+    hosts TEXT NOT NULL,            -- JSON: the hosts of this domain with a part
+    spis TEXT NOT NULL,             -- JSON: the parent's SPIs, held on our hosts
+    usage TEXT NOT NULL,            -- JSON: host -> [cpus, memory MB] the part takes
+    updated REAL NOT NULL
+);
 """
 
 
@@ -58,6 +71,23 @@ class ServiceRecord:
     error: str = ""
     updated: float = 0.0
     plans: dict[str, Any] = field(default_factory=dict)  # host -> HostPlan.to_dict()
+
+
+@dataclass
+class DelegatedRecord:
+    """A parent's service part run by this domain (named like a ServiceRecord where they meet)."""
+
+    name: str
+    generation: int
+    digest: str
+    segment: bytes
+    placement: dict[str, str] = field(default_factory=dict)
+    hosts: list[str] = field(default_factory=list)
+    spis: list[int] = field(default_factory=list)
+    usage: dict[str, list[float]] = field(default_factory=dict)
+    updated: float = 0.0
+    state: str = "deployed"  # only committed parts are recorded
+    error: str = ""
 
 
 class Store:
@@ -126,6 +156,26 @@ class Store:
     def delete_service(self, name: str) -> None:
         self._write("DELETE FROM services WHERE name=?", (name,))
 
+    # ---- a parent's parts (child domain) --------------------------------------------------------
+    def put_delegated(self, rec: DelegatedRecord) -> None:
+        rec.updated = time.time()
+        self._write("INSERT OR REPLACE INTO delegated VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (rec.name, rec.generation, rec.digest, rec.segment, json.dumps(rec.placement),
+                     json.dumps(rec.hosts), json.dumps(rec.spis), json.dumps(rec.usage), rec.updated))
+
+    def delegated(self) -> list[DelegatedRecord]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM delegated ORDER BY name").fetchall()
+        return [_delegated(r) for r in rows]
+
+    def delegated_service(self, name: str) -> DelegatedRecord | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM delegated WHERE name=?", (name,)).fetchone()
+        return _delegated(row) if row else None
+
+    def delete_delegated(self, name: str) -> None:
+        self._write("DELETE FROM delegated WHERE name=?", (name,))
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
@@ -138,3 +188,9 @@ def _service(row: tuple[Any, ...]) -> ServiceRecord:
     name, source, gen, placement, spis, hosts, state, error, updated, plans = row
     return ServiceRecord(name, source, gen, json.loads(placement), json.loads(spis), json.loads(hosts), state,
                          error, updated, json.loads(plans))
+
+
+def _delegated(row: tuple[Any, ...]) -> DelegatedRecord:
+    name, gen, digest, segment, placement, hosts, spis, usage, updated = row
+    return DelegatedRecord(name, gen, digest, bytes(segment), json.loads(placement), json.loads(hosts),
+                           json.loads(spis), json.loads(usage), updated)
