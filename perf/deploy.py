@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -199,6 +200,7 @@ def measure_real(functions: int, runs: int, work: Path, log: Any) -> dict[str, A
                                                       "direct_warm", "remove_direct")}
     name = f"bench{functions}"
     with Emulation(topo) as emu:
+        prefix = emu.net.prefix  # namespaces and pin groups (emu-<prefix>-*) carry it; all removed on exit
         state = emu.up()
         plane = control_plane.start(emu, work / name)
         server = state.endpoints["server"].ip
@@ -258,11 +260,18 @@ def measure_real(functions: int, runs: int, work: Path, log: Any) -> dict[str, A
     out["undeploy_over_direct"] = report.summary(report.paired(values["undeploy"], values["remove_direct"]))
     out["warm_minus_direct"] = report.summary(report.paired(values["deploy_warm"], values["direct_warm"], "diff"))
     out["setup"] = {"functions": functions, "host_cpus": dict(zip(hosts, cpus, strict=True)), "placement": want,
-                    "hosts_used": sorted(set(want.values())), "traffic_counted_on_path": traffic}
+                    "hosts_used": sorted(set(want.values())), "traffic_counted_on_path": traffic,
+                    "emu_prefix": prefix}
     return out
 
 
 # ---- part 2: stand-in agents --------------------------------------------------------------------------
+def _die_with_parent() -> None:
+    # Runs in the child before exec: SIGTERM when the benchmark dies, even by SIGKILL (when
+    # nothing of ours can clean up), so no orchestrator or stand-in outlives it.
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 class Processes:
     """Child processes in their own sessions, stopped (the whole group) on close, whatever happened."""
 
@@ -272,7 +281,7 @@ class Processes:
     def start(self, argv: list[str], log: Path, stdout: bool = False) -> subprocess.Popen[str]:
         out = open(log, "a")  # the child's log; closed in stop()
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE if stdout else out, stderr=out, text=True, cwd=REPO,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=_die_with_parent)
         proc._log = out  # type: ignore[attr-defined]
         self.procs.append(proc)
         return proc
@@ -370,7 +379,8 @@ def measure_registry(agents_n: int, functions: int, runs: int, idle_s: float, wo
         procs.close()
         shutil.rmtree(sockets, ignore_errors=True)
     out: dict[str, Any] = {k: report.summary(v) for k, v in values.items()}
-    out["setup"] = {"agents": agents_n, "functions": functions, "placement": want, "processes":
+    out["setup"] = {"agents": agents_n, "agents_are": "STAND-INS (perf/stub_agents.py), not vnfkit-agent",
+                    "functions": functions, "placement": want, "processes":
                     -(-agents_n // STUBS_PER_PROCESS), "heartbeats_per_s": agents_n / 0.5,
                     "hosts_not_alive_at_end": dead}
     return out
@@ -478,10 +488,11 @@ def main(args: argparse.Namespace) -> int:
               "transport": "gRPC with mutual TLS over unix sockets (as vnfkit emu)",
               "timed_at": "the caller: Control.Deploy / Undeploy round trips; the floor: Agent.Apply / Remove "
                           "sent to every host at once by this process",
-              "stand_ins": "part 2's agents are perf/stub_agents.py: gRPC servers that accept every request "
-                           "without touching the kernel, registered with and heartbeating to the real "
-                           "orchestrator; no counter streams",
-              "machine_note": "shared 2-vCPU VM; other engineers ran test suites meanwhile"}
+              "stand_ins": "STAND-INS, not agents: part 2's agents are perf/stub_agents.py, gRPC servers that "
+                           "accept every request without touching the kernel, registered with and heartbeating to "
+                           "the real orchestrator; no counter streams",
+              "machine_note": "shared 2-vCPU VM; other engineers ran test suites meanwhile",
+              "workdir": str(work)}
     doc = document(params, services, registry, time.monotonic() - started)
     print_tables(console, doc)
     for path in report.save_run(doc, args.out, "deploy", plot):
