@@ -45,6 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -175,6 +176,29 @@ def timed(fn: Any, *args: Any) -> tuple[float, Any]:
     return time.perf_counter() - t0, result
 
 
+@contextlib.contextmanager
+def uninterrupted() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM while cleaning up: a second Ctrl-C (or a first one arriving
+    during the clean-up) would otherwise stop it half way and leave pins or processes behind.
+    A signal that came meanwhile is delivered when the block ends."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+@contextlib.contextmanager
+def closing_uninterrupted(emu: Emulation) -> Iterator[Emulation]:
+    """``with Emulation(...)``, with its close() under :func:`uninterrupted`."""
+    try:
+        yield emu
+    finally:
+        with uninterrupted():
+            emu.close()
+
+
 # ---- part 1: real agents on three emulated hosts ----------------------------------------------------
 def traffic_check(control: Control, client_ns: str, dst: str, service: str, n: int = 20) -> bool:
     """UDP from the client to ``dst`` must show up on the service's path in the counters the
@@ -199,8 +223,9 @@ def measure_real(functions: int, runs: int, work: Path, log: Any) -> dict[str, A
     values: dict[str, list[float]] = {k: [] for k in ("deploy_cold", "deploy_warm", "undeploy", "direct_cold",
                                                       "direct_warm", "remove_direct")}
     name = f"bench{functions}"
-    with Emulation(topo) as emu:
+    with closing_uninterrupted(Emulation(topo)) as emu:
         prefix = emu.net.prefix  # namespaces and pin groups (emu-<prefix>-*) carry it; all removed on exit
+        log(f"  emulation {topo.name!r}: namespaces and pin groups {prefix}-*, emu-{prefix}-* (all removed at the end)")
         state = emu.up()
         plane = control_plane.start(emu, work / name)
         server = state.endpoints["server"].ip
@@ -376,7 +401,8 @@ def measure_registry(agents_n: int, functions: int, runs: int, idle_s: float, wo
             agents.close()
             control.close()
     finally:
-        procs.close()
+        with uninterrupted():
+            procs.close()
         shutil.rmtree(sockets, ignore_errors=True)
     out: dict[str, Any] = {k: report.summary(v) for k, v in values.items()}
     out["setup"] = {"agents": agents_n, "agents_are": "STAND-INS (perf/stub_agents.py), not vnfkit-agent",
@@ -446,6 +472,10 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     report.add_common_arguments(parser, quick_help="a smoke run: one run each, 1- and 5-function services, "
                                 "10 and 20 stand-in agents (no medians)", cpu_help="(unused)")
@@ -457,6 +487,9 @@ def main(args: argparse.Namespace) -> int:
     if os.geteuid() != 0:
         console.print("[red]the deploy benchmark needs root (namespaces, bpf(), XDP for the emulated hosts)[/]")
         return 2
+    # SIGTERM unwinds like Ctrl-C: the emulation's with-block, the stand-ins' and orchestrators'
+    # process groups and the work folder are all removed on the way out.
+    signal.signal(signal.SIGTERM, _interrupt)
     name = "quick" if (args.quick or args.smoke) else "full"
     profile = PROFILES[name]
     runs = 1 if name == "quick" else args.runs
