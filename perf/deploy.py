@@ -441,7 +441,8 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
         a.bar(xs, med, width, yerr=err, capsize=3, label=label, color=color, edgecolor="black")
     for i, s in enumerate(sizes):
         r = sv[s]["warm_over_direct"]["median"]
-        a.annotate(f"warm {r:.2f}× floor", (i, sv[s]["deploy_cold"]["max"]), xytext=(0, 6),
+        top = max(sv[s][key]["max"] for key, _, _ in series)
+        a.annotate(f"warm {r:.2f}× floor", (i, top), xytext=(0, 6),
                    textcoords="offset points", ha="center", fontsize=8)
     a.set_xticks(range(len(sizes)), [f"{s} function{'s' if s != '1' else ''}\n(hosts: "
                                      f"{len(sv[s]['setup']['hosts_used'])})" for s in sizes])
