@@ -28,6 +28,9 @@ how that grows with the number of agents registered with it.
    registered with and heartbeating to a real orchestrator. A fixed 5-function service (placed
    on three of them, 2+2+1) is deployed and undeployed; ``plan`` as above with N hosts known;
    and the orchestrator's CPU use while idle (heartbeats only) from /proc.
+3. **Counter streams**: the stand-ins above open no ``ReportCounters`` stream; a real agent keeps
+   one open all the time. With 15 and 16 stand-ins that do, does the orchestrator still answer
+   ``ListHosts`` within 5 s? (It serves gRPC from 16 threads, and an open stream holds one.)
 
 Every number is a median of runs with min and max; the machine is a shared 2-vCPU VM.
 """
@@ -69,6 +72,7 @@ pb, rpc = load()
 REPO = Path(__file__).resolve().parent.parent
 VNFS = ("firewall", "monitor")  # cheap to load and fine with many instances (perf/agent.py uses them too)
 STUBS_PER_PROCESS = 25
+STREAM_PROBE = (15, 16)  # around the orchestrator's 16 gRPC worker threads (vnfkit/orchestrator/server.py)
 PROFILES: dict[str, dict[str, Any]] = {
     "full": {"sizes": [1, 5, 20], "agents": [10, 50, 100], "registry_functions": 5, "idle_s": 2.0},
     "quick": {"sizes": [1, 5], "agents": [10, 20], "registry_functions": 5, "idle_s": 0.5},
@@ -412,6 +416,50 @@ def measure_registry(agents_n: int, functions: int, runs: int, idle_s: float, wo
     return out
 
 
+def probe_counter_streams(agents_n: int, work: Path, log: Any) -> dict[str, Any]:
+    """Stand-ins that each keep a ``ReportCounters`` stream open, as every real agent does: does
+    the orchestrator still answer a ``ListHosts`` (within 5 s) with ``agents_n`` of them?
+
+    Why it is here: the orchestrator serves gRPC from a pool of 16 threads and a client stream
+    holds one for as long as it is open, so the number of agents it can have is bounded by the
+    pool, whatever the deploy times above say."""
+    from vnfkit.agent.tls import make_dev_certs
+    from vnfkit.cli_orch import ControlError
+
+    folder = work / f"streams{agents_n}"
+    make_dev_certs(folder / "certs")
+    sockets = Path(tempfile.mkdtemp(prefix="vk-stubs-"))
+    orch_addr = f"unix:{sockets}/orch.sock"
+    procs = Processes()
+    try:
+        procs.start([sys.executable, "-m", "vnfkit.orchestrator.server", "--listen", orch_addr, "--state",
+                     str(folder / "orchestrator.db"), "--certs", str(folder / "certs"), "--heartbeat-ms", "500",
+                     "--counter-ms", "500", "--log-level", "warning"], folder / "orchestrator.log")
+        plog = folder / "stubs.log"
+        p = procs.start([sys.executable, "-m", "perf.stub_agents", "--orchestrator", orch_addr, "--certs",
+                         str(folder / "certs"), "--sockets", str(sockets), "--count", str(agents_n),
+                         "--counter-streams"], plog, stdout=True)
+        wait_ready(p, plog)
+        time.sleep(0.5)  # the last stream opens after the last Register
+        control = Control(orch_addr, folder / "certs")
+        try:
+            t0 = time.perf_counter()
+            try:
+                hosts = control.call("ListHosts", control.pb.ListHostsRequest(), timeout=5).hosts
+                out = {"answered": True, "ms": (time.perf_counter() - t0) * 1e3, "hosts": len(hosts)}
+            except ControlError as exc:
+                out = {"answered": False, "ms": None, "error": str(exc)}
+        finally:
+            control.close()
+    finally:
+        with uninterrupted():
+            procs.close()
+        shutil.rmtree(sockets, ignore_errors=True)
+    log(f"  {agents_n} stand-ins with a counter stream each: the orchestrator "
+        + (f"answers ListHosts in {out['ms']:.0f} ms" if out["answered"] else "does not answer ListHosts in 5 s"))
+    return out
+
+
 # ---- report ---------------------------------------------------------------------------------------------
 def document(params: dict[str, Any], services: dict[str, Any], registry: dict[str, Any],
              wall_s: float) -> dict[str, Any]:
@@ -463,9 +511,15 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
     b.axhline(DRAIN_S * 1e3, ls="--", color="#c44e52", lw=1)
     b.annotate(f"of which the orchestrator's drain sleep, {DRAIN_S * 1e3:.0f} ms", (int(ns[0]), DRAIN_S * 1e3),
                xytext=(0, -12), textcoords="offset points", fontsize=8, color="#c44e52")
+    cs = doc["scenarios"].get("counter_streams", {})
+    hung = [int(n) for n, p in cs.items() if not p["answered"]]
+    if hung:
+        b.annotate(f"with a counter stream per agent (as real\nagents keep one) the orchestrator stops\n"
+                   f"answering at {min(hung)} agents: its 16 gRPC\nthreads are all held by the streams", (0.02, 0.97),
+                   xycoords="axes fraction", fontsize=8, color="#c44e52", va="top")
     b.set_xlabel("registered agents (STAND-INS: perf/stub_agents.py, no kernel work)")
     b.set_ylabel("milliseconds")
-    b.set_ylim(0, max(rg[n]["deploy"]["max"] for n in ns) * 1e3 * 1.35)
+    b.set_ylim(0, max(rg[n]["deploy"]["max"] for n in ns) * 1e3 * 1.9)
     b.set_title("Orchestrator deploy time vs registered agents", fontsize=10)
     b.legend(fontsize=8)
     report.finish_figure(fig, report.figure_title(doc, "deploy"), path)
@@ -510,6 +564,8 @@ def main(args: argparse.Namespace) -> int:
         for n in profile["agents"]:
             registry[str(n)] = measure_registry(n, profile["registry_functions"], runs, profile["idle_s"], work,
                                                 console.print)
+        console.print("[bold]3. stand-ins that stream counters as real agents do: does the orchestrator answer?[/]")
+        streams = {str(n): probe_counter_streams(n, work, console.print) for n in STREAM_PROBE}
     finally:
         if old_cache is None:
             os.environ.pop("VNFKIT_CACHE", None)
@@ -528,6 +584,7 @@ def main(args: argparse.Namespace) -> int:
               "machine_note": "shared 2-vCPU VM; other engineers ran test suites meanwhile",
               "workdir": str(work)}
     doc = document(params, services, registry, time.monotonic() - started)
+    doc["scenarios"]["counter_streams"] = streams
     print_tables(console, doc)
     for path in report.save_run(doc, args.out, "deploy", plot):
         console.print(f"wrote {path}")
@@ -567,3 +624,7 @@ def print_tables(console: Any, doc: dict[str, Any]) -> None:
                   f"{r['idle_cpu_pct']['median']:.1f}% ({r['idle_cpu_pct']['min']:.1f}–{r['idle_cpu_pct']['max']:.1f})",
                   f"{r['setup']['heartbeats_per_s']:.0f}")
     console.print(t)
+    for n, probe in sorted(doc["scenarios"].get("counter_streams", {}).items(), key=lambda kv: int(kv[0])):
+        console.print(f"With {n} stand-ins each streaming counters (as real agents do) the orchestrator "
+                      + (f"answered ListHosts in {probe['ms']:.0f} ms" if probe["answered"]
+                         else "[red]did not answer ListHosts within 5 s[/] (16 gRPC threads, one held per stream)"))

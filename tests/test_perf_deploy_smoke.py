@@ -34,6 +34,7 @@ def test_deploy_benchmark_quick(tmp_path: Path) -> None:
     doc = json.loads(js.read_text())
     services, registry = doc["scenarios"]["services"], doc["scenarios"]["registry"]
     assert set(services) == {"1", "5"} and set(registry) == {"10", "20"}
+    assert set(doc["scenarios"]["counter_streams"]) == {"15", "16"}  # answered or not: both are results
     for n, s in services.items():
         for key in ("deploy_cold", "deploy_warm", "undeploy", "direct_cold", "direct_warm", "remove_direct", "plan",
                     "cold_over_direct", "warm_over_direct"):
