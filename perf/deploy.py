@@ -72,6 +72,7 @@ pb, rpc = load()
 REPO = Path(__file__).resolve().parent.parent
 VNFS = ("firewall", "monitor")  # cheap to load and fine with many instances (perf/agent.py uses them too)
 STUBS_PER_PROCESS = 25
+HEARTBEAT_MS = 500  # what the emulator gives its agents
 STREAM_PROBE = (15, 16)  # around the orchestrator's 16 gRPC worker threads (vnfkit/orchestrator/server.py)
 PROFILES: dict[str, dict[str, Any]] = {
     "full": {"sizes": [1, 5, 20], "agents": [10, 50, 100], "registry_functions": 5, "idle_s": 2.0},
@@ -337,6 +338,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def start_orchestrator(procs: Processes, address: str, folder: Path) -> subprocess.Popen[str]:
+    """The real orchestrator (``vnfkit-orchestrator``) with ``folder``/certs, as the emulator starts it:
+    mutual TLS, heartbeats every 0.5 s, a fresh state."""
+    return procs.start([sys.executable, "-m", "vnfkit.orchestrator.server", "--listen", address, "--state",
+                        str(folder / "orchestrator.db"), "--certs", str(folder / "certs"), "--heartbeat-ms",
+                        str(HEARTBEAT_MS), "--counter-ms", "500", "--log-level", "warning"],
+                       folder / "orchestrator.log")
+
+
 def wait_ready(proc: subprocess.Popen[str], log: Path, timeout: float = 120.0) -> None:
     assert proc.stdout is not None
     line = proc.stdout.readline()  # "ready N" once every stand-in registered
@@ -359,9 +369,7 @@ def measure_registry(agents_n: int, functions: int, runs: int, idle_s: float, wo
     values: dict[str, list[float]] = {"deploy": [], "undeploy": [], "idle_cpu_pct": []}
     name = f"reg{functions}"
     try:
-        orch = procs.start([sys.executable, "-m", "vnfkit.orchestrator.server", "--listen", orch_addr, "--state",
-                            str(folder / "orchestrator.db"), "--certs", str(certs), "--heartbeat-ms", "500",
-                            "--counter-ms", "500", "--log-level", "warning"], folder / "orchestrator.log")
+        orch = start_orchestrator(procs, orch_addr, folder)
         # One process after the other: the orchestrator places by registration order, so
         # stub-000, -001, -002 are always the hosts of the service.
         for first in range(0, agents_n, STUBS_PER_PROCESS):
@@ -411,7 +419,7 @@ def measure_registry(agents_n: int, functions: int, runs: int, idle_s: float, wo
     out: dict[str, Any] = {k: report.summary(v) for k, v in values.items()}
     out["setup"] = {"agents": agents_n, "agents_are": "STAND-INS (perf/stub_agents.py), not vnfkit-agent",
                     "functions": functions, "placement": want, "processes":
-                    -(-agents_n // STUBS_PER_PROCESS), "heartbeats_per_s": agents_n / 0.5,
+                    -(-agents_n // STUBS_PER_PROCESS), "heartbeats_per_s": agents_n * 1000 / HEARTBEAT_MS,
                     "hosts_not_alive_at_end": dead}
     return out
 
@@ -432,9 +440,7 @@ def probe_counter_streams(agents_n: int, work: Path, log: Any) -> dict[str, Any]
     orch_addr = f"unix:{sockets}/orch.sock"
     procs = Processes()
     try:
-        procs.start([sys.executable, "-m", "vnfkit.orchestrator.server", "--listen", orch_addr, "--state",
-                     str(folder / "orchestrator.db"), "--certs", str(folder / "certs"), "--heartbeat-ms", "500",
-                     "--counter-ms", "500", "--log-level", "warning"], folder / "orchestrator.log")
+        start_orchestrator(procs, orch_addr, folder)
         plog = folder / "stubs.log"
         p = procs.start([sys.executable, "-m", "perf.stub_agents", "--orchestrator", orch_addr, "--certs",
                          str(folder / "certs"), "--sockets", str(sockets), "--count", str(agents_n),
@@ -574,7 +580,7 @@ def main(args: argparse.Namespace) -> int:
         shutil.rmtree(work, ignore_errors=True)
     params = {"profile": name, "runs": runs, "service_sizes": profile["sizes"], "vnfs": list(VNFS),
               "registered_agents": profile["agents"], "registry_functions": profile["registry_functions"],
-              "idle_window_s": profile["idle_s"], "heartbeat_ms": 500, "stubs_per_process": STUBS_PER_PROCESS,
+              "idle_window_s": profile["idle_s"], "heartbeat_ms": HEARTBEAT_MS, "stubs_per_process": STUBS_PER_PROCESS,
               "transport": "gRPC with mutual TLS over unix sockets (as vnfkit emu)",
               "timed_at": "the caller: Control.Deploy / Undeploy round trips; the floor: Agent.Apply / Remove "
                           "sent to every host at once by this process",
