@@ -108,6 +108,8 @@ def host_cpus(functions: int, hosts: int = 3) -> list[int]:
 
 
 def expected_placement(functions: int, cpus: list[int], hosts: list[str]) -> dict[str, str]:
+    """Where ``pack`` must put f00, f01, ... on hosts of these sizes; a deploy placed otherwise
+    would measure another spread than the one asked for, so the benchmark stops."""
     out, k = {}, 0
     for host, n in zip(hosts, cpus, strict=True):
         for _ in range(n):
@@ -176,6 +178,7 @@ def plan_seconds(hosts: list[Any], source: Path, runs: int) -> list[float]:
 
 
 def timed(fn: Any, *args: Any) -> tuple[float, Any]:
+    """(seconds, result) of ``fn(*args)``, timed at the caller."""
     t0 = time.perf_counter()
     result = fn(*args)
     return time.perf_counter() - t0, result
