@@ -4,7 +4,8 @@ Benchmarks: ``engine`` (per-packet cost by test-run, rate at the far end of a ve
 VNF source on its kernel, native and model executors, ns/packet side by side), ``firewall``
 (the firewall VNF's ns/packet at 10, 1,000 and 10,000 rules), ``chains`` (service function
 paths by hop count), ``xsk`` (the firewall in user space over AF_XDP: packets/s against XDP and a
-Python loop), ``agent`` (vnfkit-agent: time to apply a segment, counter latency) and ``suite`` (all of it
+Python loop), ``agent`` (vnfkit-agent: time to apply a segment, counter latency), ``deploy`` (the orchestrator:
+deploy time by service size on real agents and by the number of registered stand-in agents) and ``suite`` (all of it
 side by side with the floors and the peers: ``vnfkit bench``).
 Per-VNF figure scripts live beside them: perf/{gtp,l4lb,monitor,nat,ratelimit}.py.
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from perf import agent, chains, engine, firewall, sdk, suite, xsk
+from perf import agent, chains, deploy, engine, firewall, sdk, suite, xsk
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
                                      "Python loop", description=xsk.__doc__.splitlines()[0]))
     agent.add_arguments(sub.add_parser("agent", help="host agent: time to apply a 5-function segment, counter latency",
                                        description=agent.__doc__.splitlines()[0]))
+    deploy.add_arguments(sub.add_parser("deploy", help="orchestrator: deploy time by service size (real agents, "
+                                        "3 emulated hosts) and by registered agents (stand-ins)",
+                                        description=deploy.__doc__.splitlines()[0]))
     suite.add_arguments(sub.add_parser("suite", help="every scenario side by side: floors, VNFs, chains, peers "
                                        "(also `vnfkit bench`)", description=suite.__doc__.splitlines()[0]))
     args = parser.parse_args(argv)
