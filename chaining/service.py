@@ -196,6 +196,20 @@ def _descriptor(folder: str, mtime_ns: int) -> Descriptor | DescriptorError:
         return exc
 
 
+def cached_descriptor(folder: str | Path) -> Descriptor:
+    """``load_descriptor(folder)``, loaded once per change of its vnf.yaml (placement asks for
+    every function of every deployed service on each deploy). DescriptorError as it would."""
+    path = Path(folder).resolve()
+    try:
+        mtime = (path / "vnf.yaml").stat().st_mtime_ns
+    except OSError:
+        return load_descriptor(folder)  # which says what is wrong with the folder
+    loaded = _descriptor(str(path), mtime)
+    if isinstance(loaded, DescriptorError):
+        raise loaded
+    return loaded
+
+
 def _resolve_vnf(ref: str, base: Path) -> tuple[Descriptor | None, str | None]:
     """The descriptor a ``vnf:`` reference names, or why there is none."""
     # A bare name is a folder of vnfs/; anything with a slash is a path from the service file.

@@ -31,7 +31,10 @@ from vnfkit.proto import PACKAGE, load
 
 pb, rpc = load()
 log = logging.getLogger("vnfkit.agent")
-MAX_WORKERS = 16  # each WatchCounters stream holds one while it lasts
+# Each WatchCounters stream holds a server thread while it lasts; streams past MAX_WATCHERS are
+# refused, so the orchestrator's Prepare and Commit always find one of the other threads.
+MAX_WATCHERS = 8
+MAX_WORKERS = MAX_WATCHERS + 8
 
 
 class AgentWork(Protocol):
@@ -58,6 +61,7 @@ class AgentService(rpc.AgentServicer):
         self.agent = agent
         self.counter_interval = counter_interval
         self.capabilities = capabilities
+        self._watchers = threading.BoundedSemaphore(MAX_WATCHERS)
 
     @staticmethod
     def _call(context: grpc.ServicerContext, fn: Any) -> Any:
@@ -105,12 +109,18 @@ class AgentService(rpc.AgentServicer):
 
     def WatchCounters(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
         interval = request.interval_ms / 1000 if request.interval_ms else self.counter_interval
-        gone = threading.Event()
-        context.add_callback(gone.set)  # the caller went away: stop at once, not at the next yield
-        while context.is_active():
-            yield self._call(context, lambda: self.agent.counters(request.service))
-            if gone.wait(interval):
-                return
+        if not self._watchers.acquire(blocking=False):
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{MAX_WATCHERS} WatchCounters streams are open "
+                          "already; GetCounters answers without holding one")
+        try:
+            gone = threading.Event()
+            context.add_callback(gone.set)  # the caller went away: stop at once, not at the next yield
+            while context.is_active():
+                yield self._call(context, lambda: self.agent.counters(request.service))
+                if gone.wait(interval):
+                    return
+        finally:
+            self._watchers.release()
 
     def Capabilities(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
         return self._call(context, self.capabilities)

@@ -20,9 +20,8 @@ import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from chaining.service import Service
+from chaining.service import Service, cached_descriptor
 from datapath.errors import VnfkitError
-from vnfkit.descriptor import load_descriptor
 
 DEFAULT_NEEDS = (1.0, 256)  # cpu cores, memory MB of a VNF that declares no deployment flavour
 
@@ -57,7 +56,7 @@ Placement = Callable[[Service, list[HostOffer]], dict[str, str]]
 
 def needs(folder: object) -> tuple[float, int]:
     """(cpu cores, memory MB) a VNF asks for: its first deployment flavour, or the default."""
-    flavours = load_descriptor(folder).deployment_flavours
+    flavours = cached_descriptor(folder).deployment_flavours
     return (flavours[0].cpu_cores, flavours[0].memory_mb) if flavours else DEFAULT_NEEDS
 
 

@@ -110,9 +110,20 @@ def counters_dict(c: Any) -> dict[str, Any]:
             "host": dict(c.host_counters)}
 
 
+# Every agent keeps a counter stream open, and a synchronous gRPC server gives each open stream
+# a worker thread for its whole life: the pool holds one thread per agent plus these for the
+# unary calls (Register, Heartbeat, Deploy, ...), and streams past --max-agents are refused, so
+# the unary calls always have threads. (With 16 workers, 16 agents used to silence the server.)
+UNARY_WORKERS = 32
+MAX_AGENTS = 1000
+
+
 class OrchestratorService(rpc.OrchestratorServicer):
-    def __init__(self, orch: Orchestrator, heartbeat_ms: int, counter_ms: int) -> None:
+    def __init__(self, orch: Orchestrator, heartbeat_ms: int, counter_ms: int, max_streams: int = MAX_AGENTS) -> None:
         self.orch, self.heartbeat_ms, self.counter_ms = orch, heartbeat_ms, counter_ms
+        self.max_streams = max_streams
+        self._streams = 0
+        self._streams_lock = threading.Lock()
 
     def Register(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802 - gRPC's name
         try:
@@ -127,10 +138,22 @@ class OrchestratorService(rpc.OrchestratorServicer):
         return pb.HeartbeatReply()
 
     def ReportCounters(self, request_iterator: Iterator[Any], context: grpc.ServicerContext) -> Any:  # noqa: N802
+        with self._streams_lock:
+            full = self._streams >= self.max_streams
+            if not full:
+                self._streams += 1
+        if full:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"{self.max_streams} counter streams are open already: start the orchestrator with a "
+                          "larger --max-agents")
         n = 0
-        for report in request_iterator:
-            self.orch.report(report.host, counters_dict(report.counters))
-            n += 1
+        try:
+            for report in request_iterator:
+                self.orch.report(report.host, counters_dict(report.counters))
+                n += 1
+        finally:
+            with self._streams_lock:
+                self._streams -= 1
         return pb.ReportCountersReply(received=n)
 
 
@@ -198,11 +221,12 @@ class Running:
 def serve(listen: Sequence[str], state: Path, *, tls_files: TlsFiles | None, placement: str = "pack",
           drain: float = 0.1, heartbeat_ms: int = 1000, counter_ms: int = 1000, metrics: str = "",
           domain: str | None = None, parent: str | None = None, gateway: str | None = None,
-          advertise: str | None = None) -> Running:
+          advertise: str | None = None, max_agents: int = MAX_AGENTS) -> Running:
     """Start serving; ``tls_files`` None is the announced insecure development mode; ``metrics``
     (``host:port``) also serves the services' counters at ``/metrics`` for Prometheus. With
     ``parent``, register there as the host ``domain`` reachable at ``advertise`` (default: the
-    first listen address) and report to it (``vnfkit.orchestrator.domain``)."""
+    first listen address) and report to it (``vnfkit.orchestrator.domain``). ``max_agents``:
+    how many agents may stream counters at once (one server thread each)."""
     if tls_files is None:
         event(log, "INSECURE: serving without TLS or client certificates; development only",
               level=logging.WARNING, listen=list(listen))
@@ -212,8 +236,10 @@ def serve(listen: Sequence[str], state: Path, *, tls_files: TlsFiles | None, pla
         client_creds = tls.channel_credentials(tls_files.ca, tls_files.cert, tls_files.key)
     orch = Orchestrator(Store(state), lambda rec: GrpcAgent(rec, client_creds), placement=load_placement(placement),
                         drain=drain, heartbeat_timeout=max(5.0, 5 * heartbeat_ms / 1000))
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="vnfkit-orch"))
-    rpc.add_OrchestratorServicer_to_server(OrchestratorService(orch, heartbeat_ms, counter_ms), server)
+    # Threads start as calls need them, so a large pool costs nothing until agents connect.
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_agents + UNARY_WORKERS,
+                                                    thread_name_prefix="vnfkit-orch"))
+    rpc.add_OrchestratorServicer_to_server(OrchestratorService(orch, heartbeat_ms, counter_ms, max_agents), server)
     rpc.add_ControlServicer_to_server(ControlService(orch), server)
     dom = Domain(orch, domain or socket.gethostname(), gateway=gateway)
     rpc.add_AgentServicer_to_server(AgentService(dom, counter_interval=counter_ms / 1000,
@@ -269,6 +295,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      "(default: the first by name that does not face servers)")
     p.add_argument("--advertise", help="the address the parent reaches this orchestrator's Agent service at "
                                        "(default: the first --listen)")
+    p.add_argument("--max-agents", type=int, default=MAX_AGENTS,
+                   help="agents streaming counters at once (a server thread each; default %(default)s)")
     p.add_argument("--log-level", default="info")
     args = p.parse_args(argv)
     setup_logs(args.log_level)
@@ -280,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     running = serve(args.listen or ["127.0.0.1:50050"], args.state, tls_files=tls_files, placement=args.placement,
                     drain=args.drain, heartbeat_ms=args.heartbeat_ms, counter_ms=args.counter_ms,
                     metrics=args.metrics, domain=args.domain, parent=args.parent, gateway=args.gateway,
-                    advertise=args.advertise)
+                    advertise=args.advertise, max_agents=args.max_agents)
     stop.wait()
     running.stop()
     return 0
