@@ -1,7 +1,7 @@
 """Service function paths inside one host: classifier, forwarder, functions by tail call.
 
 RFC 7665's roles on one host: the classifier (``progs/classifier.c``) matches ingress
-traffic and starts it on a path, putting SPI and SI in XDP metadata; the forwarder
+traffic and starts it on a path, putting SPI and SI in a per-CPU slot; the forwarder
 (``progs/sff.c``) looks (SPI, SI) up and tail-calls the next function; each function, when
 it passes the packet on (``VK_PASS``/``VK_NEXT``), decrements SI and tail-calls the
 forwarder again (``vnfkit.h``); at the end of the path the packet goes to the host stack or
@@ -11,7 +11,7 @@ Paths across hosts: a hop whose next function is on another host is ``end="remot
 (:class:`RemoteHop`); the forwarder pushes an RFC 8300 NSH (MD type 1, next protocol Ethernet)
 under an Ethernet (0x894F) or VXLAN-GPE outer header and redirects it out of the underlay,
 where the next host's ``progs/nsh_rx.c`` (:meth:`LocalChain.attach_underlay`) validates and
-pops it and hands SPI/SI/TTL back to that host's forwarder as metadata. The next host installs
+pops it and hands SPI/SI/TTL back to that host's forwarder. The next host installs
 its segment with ``add_path(..., first_si=...)``.
 """
 
@@ -49,6 +49,7 @@ TAIL_CALL_LIMIT = 33   # the kernel's MAX_TAIL_CALL_CNT
 HOP_STATS_SLOTS = 4096  # hop_stats entries in sff.c
 MAX_LOCAL_HOPS = (TAIL_CALL_LIMIT - 1) // 2  # 16
 SFF_LOCAL, SFF_STACK, SFF_EGRESS, SFF_REMOTE = 1, 2, 3, 4
+# no_meta: the per-CPU SPI/SI slot could not be had (never; kept so the counter set is stable).
 SFF_COUNTERS = ("no_meta", "unknown", "ttl", "no_function", "delivered", "redirected",
                 "remote_sent", "no_remote", "no_room")
 # nsh_rx.c's enum rx_counter, in order: passed on (by encapsulation), then dropped.
@@ -161,10 +162,12 @@ class LocalChain:
             self.sff = load(PROGS / "sff.c")
             entry = self.sff.map("sff_entry")
             self._set_prog(entry, 0, self.sff.program("sff"))
-        # chain.h's maps: one of each per host, created by the forwarder's object.
-        self._shared = {"sff_entry": entry, "rev_flows": self.sff.map("rev_flows")}
+        # chain.h's maps: one of each per host, created by the forwarder's object; every other
+        # program of the host's chains is loaded reusing them.
+        self.shared_maps: dict[str, Map] = {"sff_entry": entry, "rev_flows": self.sff.map("rev_flows"),
+                                            "chain_meta": self.sff.map("chain_meta")}
         if not adopt:
-            self.classifier = load(PROGS / "classifier.c", reuse_maps=self._shared)
+            self.classifier = load(PROGS / "classifier.c", reuse_maps=self.shared_maps)
             if pins is not None:
                 pins.pin_object(self.sff, "sff")
                 pins.pin_object(self.classifier, "cls")
@@ -194,7 +197,8 @@ class LocalChain:
     def instance(self, folder: str | Path, config: dict[str, Any] | None = None) -> KernelInstance:
         """Load (and verify) a VNF for this host's chains without putting it on any: its vk_chain
         is the forwarder. ``load`` or ``swap`` then makes it a function."""
-        return KernelInstance(folder, config, reuse_maps={"vk_chain": self.sff.map("sff_entry")})
+        return KernelInstance(folder, config, reuse_maps={"vk_chain": self.sff.map("sff_entry"),
+                                                          "vk_chain_meta": self.sff.map("chain_meta")})
 
     def load(self, name: str, folder: str | Path | KernelInstance, config: dict[str, Any] | None = None
              ) -> KernelInstance:
@@ -217,7 +221,7 @@ class LocalChain:
 
         slot = self._new_slot(name)
         proxy = ProxyFunction(self, name, to_fn=to_fn, from_fn=from_fn, function=function,
-                              reuse_maps=self._shared, mode=mode)
+                              reuse_maps=self.shared_maps, mode=mode)
         try:
             self._set_prog(self.sff.map("sff_progs"), slot, proxy.program)
         except BaseException:
@@ -387,7 +391,7 @@ class LocalChain:
         XDP-redirected frames only to a peer that runs an XDP program.
         """
         if self.nsh_rx is None:
-            self.nsh_rx = load(PROGS / "nsh_rx.c", reuse_maps=self._shared)
+            self.nsh_rx = load(PROGS / "nsh_rx.c", reuse_maps=self.shared_maps)
             if self.pins is not None:
                 self.pins.pin_object(self.nsh_rx, "rx")
         self.nsh_rx.map("rx_ifmac").update(_u32(ifindex(ns, ifname)), mac_of(ns, ifname))
@@ -399,7 +403,7 @@ class LocalChain:
                   config: dict[str, Any] | None = None, options: Any = None) -> Any:
         """Load a VNF as a user-space function of this host's chains: an AF_XDP worker on
         ``far``, reached through ``near`` (a veth pair in ``ns``, MTU >= 1538), SPI/SI carried
-        as XDP metadata out and as NSH back (``chaining/user.py``). Returns the
+        as NSH both ways (``chaining/user.py``). Returns the
         ``UserFunction`` (tables, counters, runtime stats); ``options`` is an ``XskOptions``."""
         from chaining.user import UserFunction
 

@@ -7,8 +7,8 @@ interface, each the far end of a veth whose near end is in the chain's host name
 it like any function; ``progs/proxy.c`` does the work:
 
 * ``proxy_out`` (the slot's program) remembers the packet's 5-tuple -> where its path
-  resumes (the next SI, the TTL), strips the metadata and redirects the frame, addressed to the
-  function's interface, out of the near end of the ``in`` veth;
+  resumes (the next SI, the TTL) and redirects the frame, addressed to the function's
+  interface, out of the near end of the ``in`` veth;
 * ``proxy_in`` (XDP on the near ends of both veths) finds the path again by the 5-tuple, or
   else takes the interface's default path (:meth:`ProxyFunction.set_default`: for functions
   that rewrite addresses, NAT), or else hands the packet to the host stack and counts it.

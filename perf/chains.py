@@ -277,7 +277,7 @@ def _nsh_cases(chain: LocalChain, fn_rx: Callable[[], int], stack: contextlib.Ex
     if sent[12:14] != b"\x89\x4f" or int.from_bytes(sent[18:21], "big") != NSH_SPI:
         raise RuntimeError(f"nsh_send: the forwarder sent no NSH for SPI {NSH_SPI}: {bytes(sent[:24]).hex()}")
     sent[21] = FIRST_SI - 2  # SI: the low byte of the service path header, after 4 bytes of NSH
-    rx = load(PROGS / "nsh_rx.c", reuse_maps=chain._shared)
+    rx = load(PROGS / "nsh_rx.c", reuse_maps=chain.shared_maps)
     stack.enter_context(rx)
     rx.map("rx_ifmac").update(np.uint32(lo).tobytes(), bytes(6))
     return [

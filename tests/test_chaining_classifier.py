@@ -3,8 +3,8 @@ field on scapy-built frames by BPF test-run, most specific first, replies before
 per-rule counters, refused rule sets, and rule-set swaps that no packet sees half done.
 
 The forwarder's slot of sff_entry holds a probe (tests/bpf/cls_probe.c) that records the
-(SPI, SI, TTL) the classifier handed over in XDP metadata and drops the frame; a frame the
-classifier passes on returns XDP_PASS without reaching it.
+(SPI, SI, TTL) the classifier handed over in the chain's per-CPU slot (chain.h's chain_meta) and
+drops the frame; a frame the classifier passes on returns XDP_PASS without reaching it.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ class Lab:
 
 @pytest.fixture
 def lab() -> Iterator[Lab]:
-    with LocalChain() as chain, load(PROBE) as probe:
+    with LocalChain() as chain, load(PROBE, reuse_maps={"chain_meta": chain.sff.map("chain_meta")}) as probe:
         for spi in SPIS:
             chain.add_path(spi, [], first_si=OTHER_SI if spi == 5 else 255)
         chain._set_prog(chain.sff.map("sff_entry"), 0, probe.program("probe"))

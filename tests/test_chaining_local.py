@@ -1,5 +1,5 @@
 """Service function paths in one host: classifier -> functions by tail call -> host stack,
-with SPI/SI in XDP metadata, carrying real TCP between namespaces."""
+with SPI/SI in the chain's per-CPU slot, carrying real TCP between namespaces."""
 
 from __future__ import annotations
 

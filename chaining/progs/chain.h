@@ -4,11 +4,34 @@
 
 #include <vnfkit/bpf.h>
 
-/* SPI/SI in XDP metadata between local hops; the same layout as vnfkit.h's struct vk_meta. */
+/* SPI/SI between local hops; the same layout as vnfkit.h's struct vk_meta. */
 struct vk_meta {
     __u32 spi_si;   /* SPI << 8 | SI, host order */
     __u32 ttl;      /* hops left; the forwarder drops the packet at 0 */
 };
+
+/* Where a packet's vk_meta lives while it walks the local hops: a per-CPU slot, as Cilium
+ * keeps its XDP scratch. Every hop of one packet is a tail call inside one XDP run, which
+ * runs with bottom halves off on one CPU, so nothing else on that CPU can write the slot
+ * between the entry that fills it (classifier, nsh_rx, proxy_in) and the last hop. XDP
+ * metadata (bpf_xdp_adjust_meta) would need no map, but some kernels refuse that helper to
+ * XDP programs (6.18.44-fc here: "program of this type cannot use helper"), and a hop
+ * that leaves the XDP run (a user-space function, another host) carries a real NSH anyway.
+ * The forwarder's object creates it; the classifier, nsh_rx, the proxy, user hops and
+ * every function (as vk_chain_meta) reuse it. */
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __type(key, __u32);
+    __type(value, struct vk_meta);
+    __uint(max_entries, 1);
+} chain_meta SEC(".maps");
+
+/* This CPU's vk_meta; never NULL in practice (a one-slot array), checked for the verifier. */
+static __always_inline struct vk_meta *chain_meta_get(void)
+{
+    __u32 zero = 0;
+    return bpf_map_lookup_elem(&chain_meta, &zero);
+}
 
 struct counter {
     __u64 packets;
@@ -95,16 +118,12 @@ struct {
     __uint(max_entries, 65536);
 } rev_flows SEC(".maps");
 
-/* Give the packet exactly one vk_meta, whatever metadata it had (none at a real ingress; a
- * repeated test-run hands the same buffer back with the last run's), holding spi_si and ttl:
- * 0, or -1 when there is no room. What a program does before tail-calling sff_entry. */
-static __always_inline int chain_set_meta(struct xdp_md *ctx, __u32 spi_si, __u32 ttl)
+/* Start the packet on (spi_si, ttl): what a program does before tail-calling sff_entry.
+ * 0, or -1 if the slot cannot be had (never). */
+static __always_inline int chain_set_meta(__u32 spi_si, __u32 ttl)
 {
-    int metalen = (int)((long)ctx->data - (long)ctx->data_meta);
-    if (bpf_xdp_adjust_meta(ctx, metalen - (int)sizeof(struct vk_meta)))
-        return -1;
-    struct vk_meta *m = (void *)(long)ctx->data_meta;
-    if ((void *)(m + 1) > (void *)(long)ctx->data)
+    struct vk_meta *m = chain_meta_get();
+    if (!m)
         return -1;
     m->spi_si = spi_si;
     m->ttl = ttl;

@@ -8,8 +8,8 @@
  * port ranges (TCP, UDP and SCTP; a rule with ports matches no other protocol and no
  * non-first fragment), an 802.1Q VLAN id (a rule without one matches tagged and untagged
  * frames) and the ingress ifindex (0: any). The start (SPI, SI, TTL) goes to the forwarder
- * as XDP metadata (no header is pushed: hops inside the host cost a tail call, not an
- * encapsulation). Traffic nothing matches goes to the host stack untouched.
+ * in its per-CPU chain_meta slot (chain.h; no header is pushed: hops inside the host cost a
+ * tail call, not an encapsulation). Traffic nothing matches goes to the host stack untouched.
  *
  * The rule set is swapped atomically: two banks, each a whole rule set in one map value,
  * and cls_active, an array of maps whose one slot points at the bank in use. The control
@@ -192,18 +192,10 @@ int classifier(struct xdp_md *ctx)
         stats = hit->stats;
         how = CLS_MATCHED;
     }
-    /* Size the metadata to exactly one vk_meta, whatever was there: at a real ingress it is
-     * empty, but a repeated test-run hands the same buffer back with last run's meta. */
-    int metalen = (int)((long)ctx->data - (long)ctx->data_meta);
-    if (bpf_xdp_adjust_meta(ctx, metalen - (int)sizeof(struct vk_meta))) {
+    if (chain_set_meta(spi_si, ttl)) {
         vnfkit_count(&cls_counters, CLS_NO_ROOM, len);
         return XDP_PASS;
     }
-    struct vk_meta *m = (void *)(long)ctx->data_meta;
-    if ((void *)(m + 1) > (void *)(long)ctx->data)
-        return XDP_PASS;
-    m->spi_si = spi_si;
-    m->ttl = ttl;
     if (how == CLS_MATCHED)
         vnfkit_count(&cls_rule_stats, stats, len);
     vnfkit_count(&cls_counters, how, len);

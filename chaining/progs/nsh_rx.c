@@ -6,7 +6,7 @@
  * type and the packet, next protocol Ethernet), decrements TTL and drops at 0 (section 2.2),
  * pops outer headers and NSH, points the inner frame's destination MAC at this interface
  * (the frame was addressed to the previous host's gateway; at the end of the path our stack
- * must take it as its own), and hands SPI/SI/TTL to the forwarder as XDP metadata. Every
+ * must take it as its own), and hands SPI/SI/TTL to the forwarder in chain_meta. Every
  * malformed frame is dropped and counted by its reason; non-NSH traffic passes untouched. */
 #include "chain.h"
 
@@ -118,13 +118,8 @@ int nsh_rx(struct xdp_md *ctx)
         return XDP_DROP;
     __builtin_memcpy(eth->h_dest, mac->addr, ETH_ALEN);
 
-    if (bpf_xdp_adjust_meta(ctx, -(int)sizeof(struct vk_meta)))
+    if (chain_set_meta(spi_si, ttl))
         return rx_drop(RX_NO_ROOM, len);
-    struct vk_meta *m = (void *)(long)ctx->data_meta;
-    if ((void *)(m + 1) > (void *)(long)ctx->data)
-        return XDP_DROP;
-    m->spi_si = spi_si;
-    m->ttl = ttl;
     vnfkit_count(&rx_counters, kind, len);
     bpf_tail_call(ctx, &sff_entry, 0);
     return rx_drop(RX_NO_FORWARDER, len);

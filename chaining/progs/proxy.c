@@ -8,13 +8,13 @@
  *
  *   proxy_out  sits in a slot of the forwarder's sff_progs like any function. It records the
  *              packet's 5-tuple -> where the path resumes (SI - 1: the proxy decrements SI on
- *              the function's behalf; TTL as the forwarder left it), strips the metadata,
- *              readdresses the frame to the function's interface and redirects it there.
+ *              the function's behalf; TTL as the forwarder left it), readdresses the frame
+ *              to the function's interface and redirects it there.
  *   proxy_in   is at XDP on the host-side ends of both veths, where the function's packets
  *              come back. The 5-tuple finds the path again; a miss (a function that rewrote
  *              the headers, e.g. NAT) takes the interface's default path if one is set; with
  *              neither, the packet goes to the host stack, counted. Back on the path it gets
- *              its metadata again and goes to the forwarder.
+ *              its SPI/SI again and goes to the forwarder.
  *
  * A path that runs through the function backwards (the reverse path of a symmetric chain)
  * enters it by "out" and comes back by "in": px_reverse names those SPIs. */
@@ -33,12 +33,12 @@ struct px_port {
 enum px_counter {
     PX_SENT,               /* proxy_out: into the function */
     PX_UNTRACKED,          /* ... of which without a flow entry (not IPv4, or the table refused) */
-    PX_BAD_META,           /* proxy_out: dropped, no metadata or SI already 0 */
+    PX_BAD_META,           /* proxy_out: dropped, SI already 0 */
     PX_RETURNED_BY_FLOW,   /* proxy_in: back on the path by the packet's 5-tuple */
     PX_RETURNED_BY_DEFAULT,/* ... by the interface's default path */
     PX_UNKNOWN,            /* ... neither: to the host stack */
     PX_NOT_IPV4,           /* ... not IPv4 (ARP of the function's stack): to the host stack */
-    PX_NO_ROOM,            /* no room for the metadata: to the host stack */
+    PX_NO_ROOM,            /* no SPI/SI slot (never): to the host stack */
     PX_NO_FORWARDER,       /* the tail call to the forwarder failed: to the host stack */
     PX_MAX
 };
@@ -57,9 +57,9 @@ int proxy_out(struct xdp_md *ctx)
     void *data = (void *)(long)ctx->data;
     void *end = (void *)(long)ctx->data_end;
     __u64 len = end - data;
-    struct vk_meta *m = (void *)(long)ctx->data_meta;
+    struct vk_meta *m = chain_meta_get();
 
-    if ((void *)(m + 1) > data || (m->spi_si & 0xff) == 0) {
+    if (!m || (m->spi_si & 0xff) == 0) {
         vnfkit_count(&px_counters, PX_BAD_META, len);
         return XDP_DROP;
     }
@@ -83,14 +83,7 @@ int proxy_out(struct xdp_md *ctx)
             tracked = bpf_map_update_elem(&px_flows, &key, &back, BPF_ANY) == 0;
     }
 
-    /* The function sees a plain frame: no metadata (veth would carry it along in the
-     * redirected xdp_frame), addressed to its own interface. */
-    if (bpf_xdp_adjust_meta(ctx, (int)(data - (void *)m))) {
-        vnfkit_count(&px_counters, PX_NO_ROOM, len);
-        return XDP_DROP;
-    }
-    data = (void *)(long)ctx->data;
-    end = (void *)(long)ctx->data_end;
+    /* The function sees a plain frame, addressed to its own interface. */
     struct ethhdr *eth = data;
     if ((void *)(eth + 1) > end)
         return XDP_DROP;
@@ -126,7 +119,7 @@ int proxy_in(struct xdp_md *ctx)
         return XDP_PASS;
     }
     /* TTL as it was when the packet went in: the forwarder takes one off at its visit. */
-    if (chain_set_meta(ctx, path->spi_si, path->ttl)) {
+    if (chain_set_meta(path->spi_si, path->ttl)) {
         vnfkit_count(&px_counters, PX_NO_ROOM, len);
         return XDP_PASS;
     }

@@ -1,16 +1,16 @@
 /* The service function forwarder (RFC 7665) inside one host.
  *
- * A packet in a chain carries its SPI and SI as XDP metadata (struct vk_meta, written by
- * the classifier); each function, when done, decrements SI and tail-calls back here. The
+ * A packet in a chain carries its SPI and SI in this CPU's chain_meta slot (struct vk_meta,
+ * chain.h; written by the classifier, nsh_rx or the proxy); each function, when done,
+ * decrements SI and tail-calls back here. The
  * forwarder looks (SPI, SI) up and either tail-calls the next function, hands the packet to
  * the host stack (end of the path) or redirects it out of an interface. Unknown (SPI, SI),
  * an exhausted TTL or a missing function are dropped and counted (RFC 8300 section 2.3).
  *
- * When the next hop is on another host (REMOTE), the metadata becomes a real NSH on the
+ * When the next hop is on another host (REMOTE), SPI/SI/TTL become a real NSH on the
  * wire (RFC 8300, MD type 1, next protocol Ethernet: the whole frame travels) under an
  * outer Ethernet header (ethertype 0x894F) or Ethernet + IPv4 + UDP 4790 + VXLAN-GPE, and
- * the packet is redirected out of the underlay; the peer's nsh_rx.c turns it back into
- * metadata. */
+ * the packet is redirected out of the underlay; the peer's nsh_rx.c reads it back. */
 #include "chain.h"
 #include <vnfkit/csum.h>
 
@@ -94,9 +94,7 @@ static __always_inline void hop_count(__u32 slot, __u64 len)
     }
 }
 
-/* Push NSH (+ outer headers) in front of the frame and redirect it to the next host.
- * The metadata is stripped first: it would otherwise ride along in the xdp_frame (veth keeps
- * it across a redirect) and the peer must rely on the NSH alone. */
+/* Push NSH (+ outer headers) in front of the frame and redirect it to the next host. */
 static __always_inline int sff_remote_send(struct xdp_md *ctx, __u32 spi_si, __u32 ttl, __u64 len)
 {
     struct sff_remote *r = bpf_map_lookup_elem(&sff_remote, &spi_si);
@@ -122,12 +120,6 @@ static __always_inline int sff_remote_send(struct xdp_md *ctx, __u32 spi_si, __u
             h ^= h >> 16;
             sport = (__u16)(sport + (h & 0x3fff));
         }
-    }
-    /* The forwarder checked there are sizeof(struct vk_meta) bytes of it; nsh_rx and the
-     * classifier write exactly that much. */
-    if (bpf_xdp_adjust_meta(ctx, (int)sizeof(struct vk_meta))) {
-        vnfkit_count(&sff_counters, SFF_NO_ROOM, len);
-        return XDP_DROP;
     }
     if (bpf_xdp_adjust_head(ctx, -(outer + nsh_len))) {
         vnfkit_count(&sff_counters, SFF_NO_ROOM, len);
@@ -244,11 +236,11 @@ static __always_inline void reverse_record(struct xdp_md *ctx, const struct sff_
 SEC("xdp")
 int sff(struct xdp_md *ctx)
 {
-    struct vk_meta *m = (void *)(long)ctx->data_meta;
+    struct vk_meta *m = chain_meta_get();
     void *data = (void *)(long)ctx->data;
     __u64 len = (void *)(long)ctx->data_end - data;
 
-    if ((void *)(m + 1) > data) {
+    if (!m) {   /* never: a one-slot array */
         vnfkit_count(&sff_counters, SFF_NO_META, len);
         return XDP_PASS;
     }

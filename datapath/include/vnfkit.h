@@ -157,9 +157,10 @@ VK_INLINE int vk_adjust_head(struct vk_pkt *p, int delta)
 /* ---- entry points ---- */
 #ifdef VK_KERNEL
 
-/* In a service chain, the classifier puts the packet's SPI and SI in front of it as XDP
- * metadata (RFC 8300's service path header without the rest of NSH: local hops carry no
- * header) and the forwarder (chaining/progs/sff.c) tail-calls each function in turn. */
+/* In a service chain, the classifier puts the packet's SPI and SI in a per-CPU slot
+ * (RFC 8300's service path header without the rest of NSH: local hops carry no header) and
+ * the forwarder (chaining/progs/sff.c) tail-calls each function in turn; chain.h says why a
+ * per-CPU slot and not XDP metadata. */
 struct vk_meta {
     __u32 spi_si;   /* SPI << 8 | SI, host order */
     __u32 ttl;      /* hops left; the forwarder drops the packet at 0 */
@@ -173,19 +174,27 @@ struct {
     __uint(max_entries, 1);
 } vk_chain SEC(".maps");
 
+/* In a chain, the chain's per-CPU SPI/SI slot (chain.h's chain_meta, reused at load); a
+ * function on its own has one of its own that stays zero: SI 0, so "not in a chain". */
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __type(key, __u32);
+    __type(value, struct vk_meta);
+    __uint(max_entries, 1);
+} vk_chain_meta SEC(".maps");
+
 /* PASS or NEXT inside a chain: this function is done with the packet, so its SI goes down
  * by one (RFC 8300 section 2.3) and the forwarder takes it on. Returns only when the packet
- * is not in a chain (no metadata, or no forwarder), leaving the verdict to the caller. */
+ * is not in a chain (SI 0, or no forwarder), leaving the verdict to the caller. */
 VK_INLINE void vk__chain_next(struct xdp_md *ctx)
 {
-    struct vk_meta *m = (void *)(long)ctx->data_meta;
-    if ((void *)(m + 1) > (void *)(long)ctx->data)
-        return;
-    if ((m->spi_si & 0xff) == 0)
+    __u32 zero = 0;
+    struct vk_meta *m = bpf_map_lookup_elem(&vk_chain_meta, &zero);
+    if (!m || (m->spi_si & 0xff) == 0)
         return;  /* SI exhausted: the forwarder would drop it; the stack may still use it */
     m->spi_si -= 1;
     bpf_tail_call(ctx, &vk_chain, 0);
-    m->spi_si += 1;  /* no forwarder: leave the packet as it came */
+    m->spi_si += 1;  /* no forwarder: leave the slot as it was */
 }
 
 VK_INLINE int vk__finish(struct vk_pkt *p, int verdict)

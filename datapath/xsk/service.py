@@ -69,7 +69,7 @@ MODES = ("wakeup", "busy-poll")
 ZEROCOPY = {"off": 0, "try": 1, "require": 2}
 STARTUP_LIMIT_S = 30.0   # a worker that is neither running nor failed by then is broken
 STOP_LIMIT_S = 10.0      # the drain takes at most ~2 s; then it is killed
-XSK_COUNTERS = ("redirected", "no_socket", "no_meta")  # xsk_redirect.c's enum xsk_counter
+XSK_COUNTERS = ("redirected", "no_socket", "not_nsh")  # xsk_redirect.c's enum xsk_counter
 SIOCETHTOOL, ETHTOOL_GCHANNELS = 0x8946, 0x3C
 
 
@@ -121,8 +121,8 @@ class XskOptions:
 
 @dataclass(frozen=True)
 class ChainPort:
-    """A worker that is a chain hop: frames carry SPI/SI as XDP metadata, and what the VNF
-    passes goes back with an NSH from ``smac`` to ``dmac`` (6 bytes each)."""
+    """A worker that is a chain hop: frames come in under an NSH (``chaining/progs/user_hop.c``)
+    and what the VNF passes goes back with one from ``smac`` to ``dmac`` (6 bytes each)."""
 
     dmac: bytes
     smac: bytes

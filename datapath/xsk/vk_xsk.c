@@ -43,7 +43,6 @@
 #endif
 
 #define NSH_PUSH 38             /* outer Ethernet 14 + NSH MD type 1 24 (RFC 8300 2.4) */
-#define META_LEN 8              /* struct vk_meta: spi_si, ttl (host order) */
 #define DRAIN_QUIET_MS 10       /* RX looked empty this long after leaving the XSKMAP: done */
 #define DRAIN_TX_MS 2000        /* at most this long for the kernel to complete our TX */
 #define KERNEL_STATS_EVERY 4096 /* loop turns between XDP_STATISTICS reads */
@@ -377,12 +376,16 @@ static uint32_t run_batch(struct xsk *x, uint32_t batch)
         offs[i] = (uint32_t)(d->addr - chunks[i]);
         lens[i] = d->len;
         bytes += d->len;
-        /* Copy mode copies the XDP metadata in front of the frame; read it before the VNF
-         * can write over it (a header push uses the same headroom). */
-        if (c->chain && offs[i] >= META_LEN)
-            memcpy(meta[i], bufs[i] + offs[i] - META_LEN, META_LEN);
-        else
-            meta[i][0] = meta[i][1] = 0;
+        /* In a chain the frame comes under the NSH user_hop.c pushed (xsk_redirect_chain let
+         * only those through): keep SPI/SI and TTL, give the VNF the inner frame. */
+        meta[i][0] = meta[i][1] = 0;
+        if (c->chain && lens[i] >= NSH_PUSH) {
+            const uint8_t *nsh = bufs[i] + offs[i] + 14;
+            meta[i][0] = (uint32_t)nsh[4] << 24 | (uint32_t)nsh[5] << 16 | (uint32_t)nsh[6] << 8 | nsh[7];
+            meta[i][1] = (((uint32_t)nsh[0] << 8 | nsh[1]) >> 6) & 0x3f;
+            offs[i] += NSH_PUSH;
+            lens[i] -= NSH_PUSH;
+        }
     }
     cons_release(&x->rx, n);
     x->st[VK_XSK_rx] += n;

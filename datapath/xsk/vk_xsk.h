@@ -88,7 +88,7 @@ struct vk_xsk_config {
     uint32_t fill_size, comp_size, rx_size, tx_size;  /* ring entries, powers of two */
     uint32_t busy_poll;         /* 1: spin on the rings; 0: poll() with XDP_USE_NEED_WAKEUP */
     uint32_t zerocopy;          /* enum vk_xsk_zc */
-    uint32_t chain;             /* 1: a chain hop (SPI/SI from XDP metadata, NSH out) */
+    uint32_t chain;             /* 1: a chain hop (NSH in, NSH out) */
     int32_t xskmap_fd;          /* the XSKMAP this socket goes in at key `queue` */
     uint8_t chain_dmac[6];      /* chain: outer Ethernet of the NSH frame sent back */
     uint8_t chain_smac[6];

@@ -2,14 +2,16 @@
  * it (bpf_redirect_map on the XSKMAP, keyed by queue); a queue without one (no worker, or a
  * worker that died and whose socket the kernel took out of the map) passes to the stack.
  *
- * xsk_redirect_chain is the far end of a chain hop (chaining/user.py): only frames that carry
- * SPI/SI as XDP metadata (struct vk_meta, 8 bytes) are the chain's; AF_XDP's copy mode copies
- * the metadata in front of the frame, where the worker reads it. */
+ * xsk_redirect_chain is the far end of a chain hop (chaining/user.py): only frames under the
+ * NSH that chaining/progs/user_hop.c pushes (Ethernet 0x894F, MD type 1, Length 6, next
+ * protocol Ethernet) are the chain's; the worker reads SPI/SI/TTL from that header. */
 #include <vnfkit/bpf.h>
 
-#define META_LEN 8  /* struct vk_meta */
+#define ETH_P_NSH 0x894F
+#define NSH_MD1_LEN 24
+#define NSH_NP_ETHERNET 3
 
-enum xsk_counter { XSK_REDIRECTED, XSK_NO_SOCKET, XSK_NO_META, XSK_MAX };
+enum xsk_counter { XSK_REDIRECTED, XSK_NO_SOCKET, XSK_NOT_NSH, XSK_MAX };
 
 struct {
     __uint(type, BPF_MAP_TYPE_XSKMAP);
@@ -41,8 +43,16 @@ int xsk_redirect(struct xdp_md *ctx)
 SEC("xdp")
 int xsk_redirect_chain(struct xdp_md *ctx)
 {
-    if ((void *)(long)ctx->data_meta + META_LEN > (void *)(long)ctx->data) {
-        vnfkit_count(&xsk_counters, XSK_NO_META, ctx->data_end - ctx->data);
+    void *data = (void *)(long)ctx->data;
+    void *end = (void *)(long)ctx->data_end;
+    struct ethhdr *eth = data;
+    __u8 *nsh = (void *)(eth + 1);
+    /* The whole NSH and an inner Ethernet header; version 0 and Length 6 in the first two
+     * bytes' low 6 + top 2 bits, MD type 1, next protocol Ethernet. */
+    if ((void *)nsh + NSH_MD1_LEN + sizeof(struct ethhdr) > end || eth->h_proto != bpf_htons(ETH_P_NSH) ||
+        (nsh[0] >> 6) != 0 || (bpf_ntohs(*(__be16 *)nsh) & 0x3f) != NSH_MD1_LEN / 4 ||
+        (nsh[2] & 0x0f) != 1 || nsh[3] != NSH_NP_ETHERNET) {
+        vnfkit_count(&xsk_counters, XSK_NOT_NSH, end - data);
         return XDP_PASS;
     }
     return to_socket(ctx);
