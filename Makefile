@@ -27,7 +27,7 @@ host:
 	@./setup-host.sh
 
 # Rebuilt when the pins, the package metadata or the libbpf binding change.
-$(STAMP): requirements.txt setup.py pyproject.toml datapath/_libbpf_build.py
+$(STAMP): requirements.txt setup.py pyproject.toml datapath/_libbpf_build.py datapath/_sockgen_build.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
 	$(PY) -m pip install -q --disable-pip-version-check --no-build-isolation -e .

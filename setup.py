@@ -38,7 +38,7 @@ setup(
         "chaining": ["progs/*.c", "progs/*.h", "schema/*.json"],
     },
     setup_requires=["cffi"],
-    cffi_modules=["datapath/_libbpf_build.py:ffibuilder"],
+    cffi_modules=["datapath/_libbpf_build.py:ffibuilder", "datapath/_sockgen_build.py:ffibuilder"],
     install_requires=runtime_requirements(),
     # vnfkit-agent's gRPC code is generated from vnfkit/proto/vnfkit.proto when first imported
     # (vnfkit.proto.load), into the cache folder: nothing generated is installed or committed.

@@ -183,6 +183,15 @@ def ifindex(ns: str | None, ifname: str) -> int:
             raise LookupError(f"no interface {ifname!r} in netns {ns or '<current>'!r}") from None
 
 
+def ifname(ns: str | None, index: int) -> str:
+    """Return the name of interface ``index`` inside netns ``ns`` (None: current)."""
+    with enter(ns):
+        try:
+            return socket.if_indextoname(index)
+        except OSError:
+            raise LookupError(f"no interface with ifindex {index} in netns {ns or '<current>'!r}") from None
+
+
 def veth_peer_ifindex(ns: str | None, ifname: str) -> int | None:
     """The ifindex of the other end of veth ``ifname`` in ``ns`` (in the netns that end is
     in), or None when ``ifname`` is not a veth."""

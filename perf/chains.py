@@ -361,7 +361,7 @@ class RateCase:
 
     name: str
     hops: int  # 0: the floor
-    sender: traffic.LiveFrames
+    sender: traffic.FrameSender
     rx: traffic.DeviceRx
     count: Callable[[], int]  # frames the receiving end's last program dropped
     hop_counts: Callable[[], list[int]]  # per (SPI, SI) of the path; [] for the floor
@@ -383,8 +383,7 @@ def _rate_cases(topo: netns.Topology, stack: contextlib.ExitStack, folder: Path)
         pair = pairs[name]
         frame = traffic.udp_frame(traffic.link_mac(pair.ns_a, pair.ifindex_a),
                                   traffic.link_mac(pair.ns_b, pair.ifindex_b), pair.addr_a, pair.addr_b, BASE_PORT)
-        sender = traffic.LiveFrames(gen.program(), gen.map("cfg"), pair.ns_a, pair.ifindex_a, frame,
-                                    flows=FLOWS, base_port=BASE_PORT)
+        sender = traffic.frame_sender(gen, pair.ns_a, pair.ifindex_a, frame, flows=FLOWS, base_port=BASE_PORT)
         rx = stack.enter_context(contextlib.closing(traffic.DeviceRx(pair.ns_b, pair.ifindex_b)))
         return RateCase(name, hops, sender, rx, count, lambda: _hop_counts(chain, route), route)
 

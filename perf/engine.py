@@ -130,9 +130,8 @@ def _build_scenarios(topo: netns.Topology, stack: contextlib.ExitStack) -> tuple
         return traffic.udp_frame(traffic.link_mac(pair.ns_a, pair.ifindex_a),
                                  traffic.link_mac(pair.ns_b, pair.ifindex_b), pair.addr_a, pair.addr_b, sport)
 
-    def live(pair: netns.VethPair) -> traffic.LiveFrames:
-        return traffic.LiveFrames(gen.program(), gen.map("cfg"), pair.ns_a, pair.ifindex_a, frame(pair),
-                                  flows=FLOWS, base_port=BASE_PORT)
+    def live(pair: netns.VethPair) -> traffic.FrameSender:
+        return traffic.frame_sender(gen, pair.ns_a, pair.ifindex_a, frame(pair), flows=FLOWS, base_port=BASE_PORT)
 
     def rx(pair: netns.VethPair) -> traffic.DeviceRx:
         return stack.enter_context(contextlib.closing(traffic.DeviceRx(pair.ns_b, pair.ifindex_b)))

@@ -1,5 +1,7 @@
 """The no-drop rate (RFC 2544 section 26.1, with a loss threshold): a binary search on the
-offered rate, each trial a paced run of the live-frames generator counted at the receiver.
+offered rate, each trial a paced run of the live-frames generator counted at the receiver
+(where the kernel refuses live frames, ``traffic.SocketFrames`` paces its sendmmsg batches by
+the same schedule and keeps the same record; what follows is about live frames).
 
 Pacing happens inside the generator (datapath/progs/xdp_gen.c): every repetition of the
 live-frames test-run reads the clock and sends only when the next frame is due, returning
@@ -47,7 +49,7 @@ class Trial:
     wall_s: float
 
 
-def spin_rate(gen: traffic.LiveFrames, state: Map, rx: Callable[[], int], cpu: int) -> float:
+def spin_rate(gen: traffic.FrameSender, state: Map, rx: Callable[[], int], cpu: int) -> float:
     """Repetitions per second of the generator while nothing is due (one frame, then spinning):
     how many repetitions a paced run of a given length needs."""
     paced = replace(gen, interval_ns=10**10, limit=1)
@@ -58,7 +60,7 @@ def spin_rate(gen: traffic.LiveFrames, state: Map, rx: Callable[[], int], cpu: i
     return CALIBRATION_REPS / max(time.perf_counter() - start - 0.025, 1e-3)
 
 
-def trial(gen: traffic.LiveFrames, state: Map, rx: Callable[[], int], cpu: int, rate_pps: float,
+def trial(gen: traffic.FrameSender, state: Map, rx: Callable[[], int], cpu: int, rate_pps: float,
           seconds: float, spins_per_s: float) -> Trial:
     """Offer ``rate_pps`` for about ``seconds``; count what arrives."""
     frames = max(1, int(rate_pps * seconds))
@@ -68,7 +70,7 @@ def trial(gen: traffic.LiveFrames, state: Map, rx: Callable[[], int], cpu: int, 
     # sends fewer frames, and the offered rate is measured either way).
     reps = frames + int(spins_per_s * seconds * 1.2)
     received, wall = traffic.run_once(paced, reps, rx, cpu)
-    st = state[0]
+    st = traffic.sent_record(paced, state)
     sent = int(st["sent"])
     span_ns = int(st["last_ns"]) - int(st["first_ns"])
     offered = (sent - 1) / span_ns * 1e9 if sent > 1 and span_ns > 0 else 0.0

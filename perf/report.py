@@ -107,8 +107,13 @@ def machine() -> dict[str, Any]:
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
                 break
+    from perf.traffic import live_frames_allowed  # probes the kernel once per process
+
+    # Which generator the rates came from: live frames, or sendmmsg where the kernel refuses them.
+    generator = "xdp_gen live frames" if live_frames_allowed() else "sendmmsg AF_PACKET (live frames refused)"
     return {"hostname": socket.gethostname(), "kernel": platform.release(), "kernel_build": platform.version(),
-            "cpu_model": model, "nproc": os.cpu_count(), "cpus_allowed": sorted(os.sched_getaffinity(0))}
+            "cpu_model": model, "nproc": os.cpu_count(), "cpus_allowed": sorted(os.sched_getaffinity(0)),
+            "rate_generator": generator}
 
 
 def command_output(*cmd: str) -> str:

@@ -159,13 +159,13 @@ class Lab:
             finally:
                 self.stack = outer
 
-    def sender(self, rig: Rig, size: int) -> traffic.LiveFrames:
+    def sender(self, rig: Rig, size: int) -> traffic.FrameSender:
         """Live frames of ``size`` bytes on the wire (FCS included) from the generator to the rig."""
         i = rig.dut.ingress
         frame = traffic.udp_frame(traffic.link_mac(i.ns_a, i.ifindex_a), traffic.link_mac(i.ns_b, i.ifindex_b),
                                   i.addr_a, rig.dst, BASE_PORT, jobs.DPORT, size=size - 4)
-        return traffic.LiveFrames(self.gen.program(), self.gen.map("cfg"), i.ns_a, i.ifindex_a, frame,
-                                  flows=FLOWS, base_port=BASE_PORT, head=self.gen.map("head"))
+        return traffic.frame_sender(self.gen, i.ns_a, i.ifindex_a, frame, flows=FLOWS, base_port=BASE_PORT,
+                                    rewrite_head=True)
 
     def _rig(self, name: str, group: str, what: str, dut: Dut, dst: str, **kw: Any) -> Rig:
         if dut.egress is not None:

@@ -110,7 +110,7 @@ class Scenario:
     name: str
     rig: rigs.Rig
     size: int
-    sender: traffic.LiveFrames
+    sender: traffic.FrameSender
     estimate: float = 0.0
 
 

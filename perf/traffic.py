@@ -12,12 +12,13 @@ the edges of a window that lies wholly inside one call.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from pyroute2 import IPRoute
@@ -26,10 +27,11 @@ from scapy.layers.l2 import Ether
 
 from datapath import netns
 from datapath.maps import Map
-from datapath.objects import Program
+from datapath.objects import BpfObject, Program
 
 FRAME_BYTES = 60  # a "64-byte frame" of RFC 2544: 60 bytes + the 4-byte FCS the kernel never sees
 DST_PORT = 9  # discard
+SOL_PACKET, PACKET_QDISC_BYPASS = 263, 20  # <linux/if_packet.h>
 HEAD_BYTES = 42  # what xdp_gen restores on every run when asked: Ethernet + IPv4 + UDP headers
 
 
@@ -105,6 +107,98 @@ class LiveFrames:
         with netns.enter(self.ns):
             self.program.send_live(self.frame, count, self.ifindex, batch_size=self.batch_size)
         return count
+
+
+@dataclass
+class SocketFrames:
+    """The generator where the kernel refuses live frames (``live_frames_allowed``): the same
+    frames, the same flows (source ports ``base_port`` ... ``base_port + flows - 1``) and the
+    same pacing and limit, sent out of ``ifindex`` in batches by sendmmsg() on an AF_PACKET
+    socket that bypasses the qdisc, from C (``datapath/_sockgen_build.py``). Each frame is
+    an skb through veth, which the peer's XDP copies into a page of its own: dearer per frame
+    than live frames, so rates measured with it are lower, for the floor and every path alike.
+    ``stats`` is its record of the last send, in xdp_gen's ``state`` fields."""
+
+    ns: str
+    ifindex: int
+    frame: bytes
+    flows: int
+    base_port: int
+    name: str = "sendmmsg AF_PACKET (live frames refused by this kernel)"
+    interval_ns: int = 0
+    limit: int = 0
+    stats: dict[str, int] = field(default_factory=dict)
+
+    def send(self, count: int, stop: threading.Event) -> int:
+        from datapath._sockgen import ffi, lib
+
+        if self.limit:
+            count = min(count, self.limit)
+        frames = []
+        for i in range(max(1, self.flows)):
+            f = bytearray(self.frame)
+            if self.flows > 1:
+                f[34:36] = ((self.base_port + i) & 0xFFFF).to_bytes(2, "big")  # UDP source port
+            frames.append(bytes(f))
+        buf = b"".join(frames)
+        flag = ffi.new("uint32_t *")
+        st = ffi.new("struct vk_sockgen_stats *")
+        done = threading.Event()
+
+        def watch() -> None:  # the C loop reads *flag: turn the Event into it
+            while not done.is_set():
+                if stop.wait(0.01):
+                    flag[0] = 1
+                    return
+
+        with netns.enter(self.ns):
+            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)  # protocol 0: never receives
+        watcher = threading.Thread(target=watch, daemon=True)
+        with sock:
+            sock.setsockopt(SOL_PACKET, PACKET_QDISC_BYPASS, 1)
+            sock.bind((netns.ifname(self.ns, self.ifindex), 0))
+            watcher.start()
+            try:
+                sent = lib.vk_sockgen_send(sock.fileno(), ffi.from_buffer(buf), len(self.frame), len(frames), count,
+                                           self.interval_ns, flag, st)
+            finally:
+                done.set()
+                watcher.join()
+        if sent < 0:
+            raise OSError(-sent, f"sendmmsg on ifindex {self.ifindex} in {self.ns}: {os.strerror(-sent)}")
+        self.stats = {k: int(getattr(st, k)) for k in ("sent", "dropped", "first_ns", "last_ns", "late")}
+        return int(sent)
+
+
+FrameSender = LiveFrames | SocketFrames
+
+
+@functools.cache
+def live_frames_allowed() -> bool:
+    """Whether this kernel runs XDP live frames (some refuse them: EPERM on 6.18.44-fc)."""
+    from datapath.probe import probe
+
+    return probe().live_frames
+
+
+def frame_sender(gen: BpfObject, ns: str, ifindex: int, frame: bytes, *, flows: int, base_port: int,
+                 rewrite_head: bool = False) -> FrameSender:
+    """The rate benchmarks' generator out of ``ifindex``: xdp_gen's live frames (``gen``: the
+    loaded ``datapath/progs/xdp_gen.c``) where the kernel allows them, else ``SocketFrames``.
+    ``rewrite_head``: the receiver rewrites headers (live frames must then restore them)."""
+    if live_frames_allowed():
+        return LiveFrames(gen.program(), gen.map("cfg"), ns, ifindex, frame, flows=flows, base_port=base_port,
+                          head=gen.map("head") if rewrite_head else None)
+    return SocketFrames(ns, ifindex, frame, flows=flows, base_port=base_port)
+
+
+def sent_record(sender: FrameSender, state: Map) -> dict[str, int]:
+    """What the last paced or limited send recorded (sent, first_ns, last_ns, late): xdp_gen's
+    ``state`` map for live frames, the sender's own record for ``SocketFrames``."""
+    if isinstance(sender, SocketFrames):
+        return sender.stats
+    st = state[0]
+    return {k: int(st[k]) for k in ("sent", "first_ns", "last_ns", "late")}
 
 
 @dataclass

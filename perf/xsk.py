@@ -152,11 +152,11 @@ class Bench:
         self.loop.start()
         stack.callback(self.loop.stop)
 
-        def live(pair: netns.VethPair, src: str) -> traffic.LiveFrames:
+        def live(pair: netns.VethPair, src: str) -> traffic.FrameSender:
             frame = traffic.udp_frame(traffic.link_mac(pair.ns_a, pair.ifindex_a), OTHER_MAC, src, pair.addr_b,
                                       engine.BASE_PORT)
-            return traffic.LiveFrames(genobj.program(), genobj.map("cfg"), pair.ns_a, pair.ifindex_a, frame,
-                                      flows=engine.FLOWS, base_port=engine.BASE_PORT)
+            return traffic.frame_sender(genobj, pair.ns_a, pair.ifindex_a, frame,
+                                        flows=engine.FLOWS, base_port=engine.BASE_PORT)
 
         srcs = {"deny": DENY_SRC, "allow": allow_src}
         counters: dict[str, tuple[Callable[[], int], Callable[[str], int]]] = {

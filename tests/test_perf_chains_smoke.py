@@ -17,6 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 HOPS = (1, 2, 4, 8, 16)
 SCENARIOS = (*(f"{kind}_{name}" for kind in ("testrun", "single")
                for name in ("floor", "standalone", *(f"path_{n}" for n in (0, *HOPS)))),
+             "single_nsh_send", "single_nsh_receive",  # one inter-host NSH hop, each side
              "rate_floor", *(f"rate_path_{n}" for n in HOPS))
 
 
