@@ -88,6 +88,8 @@ def start_orchestrator(emu: Emulation, workdir: Path, *, domain: str | None = No
             "--heartbeat-ms", "500", "--counter-ms", "500"]
     if domain:
         argv += ["--domain", domain, "--parent", parent or ""]
+    if metrics:
+        argv += ["--metrics", metrics]
     emu.start(name, None, argv, workdir / f"{name}.log")
     return orch
 
