@@ -93,8 +93,9 @@ def _answers_table(before: LoadStats, after: LoadStats | None = None) -> Table:
         if after is not None:
             row.append(f"{after.answers[who] - before.answers[who]:,}")
         t.add_row(*row)
-    errors = sum(before.errors.values()) + (sum(after.errors.values()) if after else 0)
-    t.caption = f"{errors} failed request(s)"
+    errors = (after or before).errors  # cumulative: the later snapshot holds the earlier's
+    kinds = ", ".join(f"{kind} ×{n}" for kind, n in errors.most_common())
+    t.caption = f"{sum(errors.values())} failed request(s)" + (f": {kinds}" if kinds else "")
     return t
 
 
@@ -146,6 +147,8 @@ def run(seconds: float = 6.0, console: Console | None = None) -> int:
                 rep = control.call("Deploy", control.pb.DeployRequest(path=str(service), update=True))
                 console.print(f"  generation {rep.service.generation} applied (new SPIs {list(rep.service.spis)}; "
                               "l4lb's tables changed in place, so its flow table stays)")
+                console.print("  a request in flight to web1 at that moment moves to web2, which resets it: "
+                              "removing a backend reschedules its flows (weight 0 would drain them instead)")
                 applied = load.snapshot()  # requests made while the update was applied went to either
                 _watch(console, control, load, seconds / 2)
                 after = load.snapshot()
