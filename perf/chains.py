@@ -24,7 +24,8 @@ one host takes: 2n + 1 tail calls, the kernel allows 33). Paths are built with
    After every measurement each (SPI, SI) of the path must have moved by exactly the packets
    run, and the function's ``rx`` counter by packets x hops.
 2. Rate received at the far end of a veth: namespaces ``gen`` and ``sink``, the in-kernel
-   live-frames generator in ``gen``, the classifier at XDP (native) on the receiving veth in
+   live-frames generator in ``gen`` (``traffic.frame_sender``: sendmmsg where the kernel
+   refuses live frames), the classifier at XDP (native) on the receiving veth in
    ``sink``, one veth per hop count (its destination address selects the path) plus one for
    the floor (bare XDP_DROP). Counted at the receiver, as in the engine benchmark: the rate
    from the receiving veth's rx counter over a window inside the sending.
@@ -546,7 +547,8 @@ def print_tables(con: Any, doc: dict[str, Any]) -> None:
                       f"vnf_xdp outside any chain. Hot: test-run repeat {prof['repeat']:,} of the classifier "
                       f"entry; single-shot: mean of {prof['calls']:,} one-repetition test-runs "
                       f"(slowest 1% out) of the entry as loaded; rate: {prof['seconds']} s window at the receiving "
-                      "veth, ns/frame = 1/rate")
+                      "veth, ns/frame = 1/rate; generator: "
+                      f"{doc.get('machine', {}).get('rate_generator', 'xdp_gen live frames')}")
     for col in ("scenario", "hot ns/pkt", "× floor", "single-shot ns/pkt", "× floor", "rate Mpps",
                 "× floor", "ns/frame", "lost"):
         t.add_column(col, justify="left" if col == "scenario" else "right")

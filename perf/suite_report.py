@@ -133,7 +133,8 @@ def print_tables(con: Console, doc: dict[str, Any]) -> None:
     t = Table(title="Rates at the receiver, side by side (ratios: this scenario over the other, per run, median)",
               caption=f"median (min–max) of {p['runs']} runs, {p['profile']['seconds']} s windows, 64 B frames, "
                       f"{p['flows']} flows; path on CPU {p['path_cpu']}; no-drop: binary search, loss ≤ "
-                      f"{p['loss_threshold']:.2%}")
+                      f"{p['loss_threshold']:.2%}; generator: "
+                      f"{doc.get('machine', {}).get('rate_generator', 'xdp_gen live frames')}")
     for col in ("scenario", "Mpps", "no-drop Mpps", "× floor", "vs peers (> 1: this one is faster)"):
         t.add_column(col, overflow="fold")
     rows = ratio_rows(doc)
