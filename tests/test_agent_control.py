@@ -55,7 +55,7 @@ def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):  # noqa
         time.sleep(0.05)
 
 
-def test_mtls_refuses_callers_without_a_certificate_of_its_ca(tmp_path: Path) -> None:
+def test_mtls_refuses_callers_without_a_certificate_of_its_ca_or_of_another_role(tmp_path: Path) -> None:
     certs = make_dev_certs(tmp_path / "certs")
     other = make_dev_certs(tmp_path / "other")
     port = free_port()
@@ -65,7 +65,7 @@ def test_mtls_refuses_callers_without_a_certificate_of_its_ca(tmp_path: Path) ->
     try:
         agent.start()
         target = f"127.0.0.1:{port}"
-        good = channel_credentials(certs["ca"], certs["client"], certs["client_key"])
+        good = channel_credentials(certs["ca"], certs["orchestrator"], certs["orchestrator_key"])
         with grpc.secure_channel(target, good) as ch:  # TCP on loopback, mTLS
             assert rpc.AgentStub(ch).ListState(pb.ListStateRequest(), timeout=10).host == "tls"
             assert rpc.AgentStub(ch).Capabilities(pb.CapabilitiesRequest(), timeout=30).max_local_hops == 16
@@ -84,6 +84,19 @@ def test_mtls_refuses_callers_without_a_certificate_of_its_ca(tmp_path: Path) ->
             with ch, pytest.raises(grpc.RpcError) as info:
                 rpc.AgentStub(ch).ListState(pb.ListStateRequest(), timeout=10)
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE, what
+        # Right CA, wrong role: an operator's (client) or another agent's certificate may
+        # see the agent's health but not drive its data path.
+        for role in ("client", "agent"):
+            with grpc.secure_channel(target, channel_credentials(certs["ca"], certs[role], certs[f"{role}_key"])) as ch:
+                assert health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=10).status == \
+                    health_pb2.HealthCheckResponse.SERVING
+                for call in (lambda: rpc.AgentStub(ch).ListState(pb.ListStateRequest(), timeout=10),
+                             lambda: rpc.AgentStub(ch).Remove(pb.RemoveRequest(service="any"), timeout=10),
+                             lambda: next(rpc.AgentStub(ch).WatchCounters(pb.WatchCountersRequest(), timeout=10))):
+                    with pytest.raises(grpc.RpcError) as info:
+                        call()
+                    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED, role
+                    assert f"role {role}" in info.value.details() and "orchestrator" in info.value.details()
         assert "INSECURE" not in agent.log()
     finally:
         agent.close()

@@ -51,3 +51,43 @@ def test_streams_past_the_limit_are_refused_and_the_rest_still_answers(tmp_path:
         release.set()
         channel.close()
         running.stop()
+
+
+def test_mtls_callers_may_call_only_what_their_role_allows(tmp_path: Path) -> None:
+    """Right CA is not enough: an operator (client) drives Control, agents and child domains
+    report to Orchestrator, only a parent orchestrator uses the Agent service; any other role
+    gets PERMISSION_DENIED naming the one it needs."""
+    from vnfkit.agent.config import TlsFiles
+    from vnfkit.agent.tls import channel_credentials, channel_options, make_dev_certs
+
+    certs = make_dev_certs(tmp_path / "certs")
+    address = f"unix:{tmp_path}/o.sock"
+    running = serve([address], tmp_path / "o.db", tls_files=TlsFiles(certs["ca"], certs["orchestrator"],
+                                                                      certs["orchestrator_key"]))
+
+    def stubs(role: str) -> tuple[grpc.Channel, Any, Any, Any]:
+        ch = grpc.secure_channel(address, channel_credentials(certs["ca"], certs[role], certs[f"{role}_key"]),
+                                 options=channel_options(address))
+        return ch, rpc.ControlStub(ch), rpc.OrchestratorStub(ch), rpc.AgentStub(ch)
+
+    calls = {
+        "Control": lambda s: s[1].ListHosts(pb.ListHostsRequest(), timeout=10),
+        "Orchestrator": lambda s: s[2].Register(pb.RegisterRequest(host="h1", address="unix:/nonexistent/h1"),
+                                                timeout=10),
+        "Agent": lambda s: s[3].ListState(pb.ListStateRequest(), timeout=10),
+    }
+    allowed = {"client": {"Control"}, "agent": {"Orchestrator"}, "orchestrator": {"Orchestrator", "Agent"}}
+    try:
+        for role, may in allowed.items():
+            s = stubs(role)
+            with s[0]:
+                for service, call in calls.items():
+                    if service in may:
+                        call(s)  # answers (an error here fails the test)
+                        continue
+                    with pytest.raises(grpc.RpcError) as info:
+                        call(s)
+                    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED, (role, service)
+                    assert f"role {role}" in info.value.details(), info.value.details()
+    finally:
+        running.stop()

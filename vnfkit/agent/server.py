@@ -159,7 +159,10 @@ def serve(cfg: AgentConfig) -> Running:
         client_creds = tls.channel_credentials(cfg.tls.ca, cfg.tls.cert, cfg.tls.key)
     agent = HostAgent(cfg.name, cfg.state_dir, cfg.group, cfg.vnfs_dir, drain=cfg.drain)
     agent.start()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix="vnfkit-rpc"))
+    # With mTLS, only an orchestrator (a parent one included) may drive this host's data path.
+    roles = [] if cfg.insecure else [tls.RoleCheck({f"{PACKAGE}.Agent": frozenset({"orchestrator"})})]
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix="vnfkit-rpc"),
+                         interceptors=roles)
     rpc.add_AgentServicer_to_server(AgentService(agent, counter_interval=cfg.counter_interval,
                                                  capabilities=lambda: capabilities(cfg)), server)
     health_servicer = health.HealthServicer()

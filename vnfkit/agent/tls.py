@@ -3,21 +3,25 @@
     python -m vnfkit.agent.tls /etc/vnfkit/certs [--name host-a --name 198.18.0.1]
 
 writes a development CA (``ca.pem``, ``ca.key``) and, signed by it, ``agent``, ``orchestrator``
-and ``client`` certificates and keys. Each is valid for server and client use (an agent is
-a server to its orchestrator and a client of its Orchestrator service) for ``localhost``,
-``127.0.0.1`` and the ``--name``s. A real deployment uses its own CA; the agent only needs a
-CA file, its certificate and its key.
+and ``client`` certificates and keys, each with its role as organizationalUnitName
+(``RoleCheck``: an agent takes Agent calls only from an orchestrator). Each is valid for
+server and client use (an agent is a server to its orchestrator and a client of its
+Orchestrator service) for ``localhost``, ``127.0.0.1`` and the ``--name``s. A real deployment
+uses its own CA; the agent only needs a CA file, its certificate and its key, and the CA must
+put each party's role in its certificate's organizationalUnitName.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import ipaddress
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 from cryptography import x509
@@ -29,9 +33,11 @@ ROLES = ("agent", "orchestrator", "client")
 VALID_DAYS = 365
 
 
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "vnfkit development"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+def _name(cn: str, role: str | None = None) -> x509.Name:
+    attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "vnfkit development")]
+    if role:  # the caller's role, as RoleCheck reads it
+        attrs.append(x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, role))
+    return x509.Name([*attrs, x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
 def _write(path: Path, data: bytes, private: bool = False) -> None:
@@ -72,7 +78,7 @@ def make_dev_certs(folder: str | Path, names: Sequence[str] = (), roles: Sequenc
             alt.append(x509.DNSName(n))
     for role in roles:
         key = ec.generate_private_key(ec.SECP256R1())
-        cert = (x509.CertificateBuilder().subject_name(_name(f"vnfkit {role}")).issuer_name(ca_name)
+        cert = (x509.CertificateBuilder().subject_name(_name(f"vnfkit {role}", role)).issuer_name(ca_name)
                 .public_key(key.public_key()).serial_number(x509.random_serial_number())
                 .not_valid_before(now - datetime.timedelta(minutes=5))
                 .not_valid_after(now + datetime.timedelta(days=VALID_DAYS))
@@ -106,6 +112,66 @@ def channel_credentials(ca: Path, cert: Path, key: Path) -> grpc.ChannelCredenti
     """Client side of mTLS: this side's certificate, and the CA the server must be signed by."""
     return grpc.ssl_channel_credentials(root_certificates=_read(ca, "CA"), private_key=_read(key, "key"),
                                         certificate_chain=_read(cert, "certificate"))
+
+
+@functools.lru_cache(maxsize=256)
+def _roles(pem: bytes) -> frozenset[str]:
+    cert = x509.load_pem_x509_certificate(pem)
+    return frozenset(str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME))
+
+
+def caller_roles(context: grpc.ServicerContext) -> frozenset[str]:
+    """The roles of an mTLS caller: its certificate's organizationalUnitName values."""
+    pems = context.auth_context().get("x509_pem_cert") or []
+    return _roles(bytes(pems[0])) if pems else frozenset()
+
+
+class RoleCheck(grpc.ServerInterceptor):
+    """Authorization on top of mTLS: a certificate of the right CA says who the caller is, its
+    role (the subject's organizationalUnitName: ``agent``, ``orchestrator`` or ``client``, as
+    ``vnfkit certs`` writes them) says what it may call. ``allowed`` maps a service's full name
+    to the roles that may call it; services not named (health, reflection) are open to every
+    certificate of the CA. A caller of another role gets PERMISSION_DENIED naming both."""
+
+    def __init__(self, allowed: dict[str, frozenset[str]]) -> None:
+        self.allowed = allowed
+
+    def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
+        handler = continuation(details)
+        service = details.method.split("/")[1] if details.method.count("/") == 2 else ""
+        allowed = self.allowed.get(service)
+        if handler is None or allowed is None:
+            return handler
+
+        def check(context: grpc.ServicerContext) -> None:
+            roles = caller_roles(context)
+            if not roles & allowed:
+                context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                              f"{details.method}: a caller with role {', '.join(sorted(roles)) or '(none)'} may not "
+                              f"call {service}; its certificate's organizationalUnitName must be one of "
+                              f"{', '.join(sorted(allowed))}")
+
+        def unary(inner: Any) -> Any:
+            def call(request: Any, context: grpc.ServicerContext) -> Any:
+                check(context)
+                return inner(request, context)
+            return call
+
+        def streaming(inner: Any) -> Any:
+            def call(request: Any, context: grpc.ServicerContext) -> Any:
+                check(context)
+                yield from inner(request, context)
+            return call
+
+        kw = {"request_deserializer": handler.request_deserializer,
+              "response_serializer": handler.response_serializer}
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), **kw)
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(streaming(handler.unary_stream), **kw)
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(unary(handler.stream_unary), **kw)
+        return grpc.stream_stream_rpc_method_handler(streaming(handler.stream_stream), **kw)
 
 
 def channel_options(target: str) -> list[tuple[str, str]]:

@@ -135,7 +135,10 @@ def _advertised(plane: ControlPlane, domain: str, held: dict[str, object]) -> bo
     from vnfkit.proto import load
 
     pb, rpc = load()
-    creds = tls.channel_credentials(plane.certs / "ca.pem", plane.certs / "client.pem", plane.certs / "client.key")
+    # Asked as its parent asks (an orchestrator's certificate: a domain's Agent service takes
+    # no other role).
+    creds = tls.channel_credentials(plane.certs / "ca.pem", plane.certs / "orchestrator.pem",
+                                    plane.certs / "orchestrator.key")
     try:
         with grpc.secure_channel(plane.domains[domain], creds,
                                  options=[("grpc.ssl_target_name_override", "localhost")]) as ch:

@@ -29,6 +29,7 @@ from grpc_reflection.v1alpha import reflection
 
 from chaining.plan import HostPlan
 from vnfkit.agent import tls
+from vnfkit.agent.config import TlsFiles
 from vnfkit.agent.convert import dict_to_struct, segment_from_plan
 from vnfkit.agent.logs import event
 from vnfkit.agent.logs import setup as setup_logs
@@ -43,13 +44,6 @@ from vnfkit.proto import PACKAGE, load
 pb, rpc = load()
 log = logging.getLogger("vnfkit.orchestrator")
 RPC_TIMEOUT = 60.0  # a prepare compiles and verifies: seconds, not milliseconds
-
-
-@dataclass
-class TlsFiles:
-    ca: Path
-    cert: Path
-    key: Path
 
 
 class GrpcAgent:
@@ -237,8 +231,14 @@ def serve(listen: Sequence[str], state: Path, *, tls_files: TlsFiles | None, pla
     orch = Orchestrator(Store(state), lambda rec: GrpcAgent(rec, client_creds), placement=load_placement(placement),
                         drain=drain, heartbeat_timeout=max(5.0, 5 * heartbeat_ms / 1000))
     # Threads start as calls need them, so a large pool costs nothing until agents connect.
+    # With mTLS, callers by role: operators (client) drive Control; agents and child domains
+    # (orchestrators) report to Orchestrator; only a parent orchestrator uses the Agent service.
+    roles = [] if tls_files is None else [tls.RoleCheck({
+        f"{PACKAGE}.Control": frozenset({"client"}),
+        f"{PACKAGE}.Orchestrator": frozenset({"agent", "orchestrator"}),
+        f"{PACKAGE}.Agent": frozenset({"orchestrator"})})]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_agents + UNARY_WORKERS,
-                                                    thread_name_prefix="vnfkit-orch"))
+                                                    thread_name_prefix="vnfkit-orch"), interceptors=roles)
     rpc.add_OrchestratorServicer_to_server(OrchestratorService(orch, heartbeat_ms, counter_ms, max_agents), server)
     rpc.add_ControlServicer_to_server(ControlService(orch), server)
     dom = Domain(orch, domain or socket.gethostname(), gateway=gateway)
