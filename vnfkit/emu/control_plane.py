@@ -10,7 +10,6 @@ orchestration, ``vnfkit.orchestrator.domain``)."""
 
 from __future__ import annotations
 
-import shutil
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -19,7 +18,8 @@ from pathlib import Path
 
 import yaml
 
-from datapath.pins import project_root
+from datapath.errors import PinError
+from datapath.pins import PinGroup, project_root
 from vnfkit.emu.emulation import EmuError, Emulation
 
 
@@ -151,9 +151,11 @@ def _advertised(plane: ControlPlane, domain: str, held: dict[str, object]) -> bo
 
 def remove_pins(emu_prefix: str) -> list[str]:
     """The bpffs pin groups of an emulation's agents (left when they were killed)."""
-    root = project_root()
     gone = []
-    for d in sorted(root.glob(f"emu-{emu_prefix}-*")):
-        shutil.rmtree(d, ignore_errors=True)
+    for d in sorted(project_root().glob(f"emu-{emu_prefix}-*")):
+        try:
+            PinGroup(d.name).remove()  # the one way: links detached, the last group takes the root
+        except PinError:
+            continue  # still there: the caller's check of leftovers names it
         gone.append(str(d))
     return gone
